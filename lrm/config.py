@@ -1,0 +1,182 @@
+"""The one config tree shared by train / infer / SDS / eval.
+
+Configs are OmegaConf objects built on the dataclass schema below, merged with a YAML file and with
+dotted command-line overrides (``model.transformer.depth=4``). Unknown keys are errors, so typos fail
+loudly. ``load_config`` is the only entry point that scripts need.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class EncoderConfig:
+    """ViT image encoder (lrm/models/encoder.py)."""
+
+    image_size: int = 224  # input resolution fed to the ViT
+    patch_size: int = 14
+    dim: int = 384
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    ln_eps: float = 1e-6
+    cls_token: bool = True
+    num_register_tokens: int = 0
+    layer_scale: Optional[float] = None  # DINOv2 LayerScale init value; None = no layer scale
+    pos_grid: Optional[int] = None  # patches per side of the position table (default image_size // patch_size)
+    # "bicubic": resize the position grid to the target size; "bicubic_legacy": HF ViT <= 4.35 behaviour
+    # (scale_factor = (n + 0.1) / g), needed for TripoSR checkpoints.
+    pos_interp: str = "bicubic"
+    normalize_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    normalize_std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    pretrained_path: Optional[str] = None  # local HF folder (ViT or DINOv2 weights); never downloaded
+    freeze: bool = False
+    attention: str = "sdpa"
+
+
+@dataclass
+class TransformerConfig:
+    """Triplane transformer (lrm/models/transformer.py)."""
+
+    token_dim: int = 256  # channels of the learned triplane tokens (and of the transformer output)
+    heads: int = 4
+    head_dim: Optional[int] = None  # default token_dim // heads; inner dim = heads * head_dim
+    depth: int = 4
+    plane_tokens: int = 16  # h = w of each plane's token grid (3 * h * w tokens)
+    mlp_ratio: float = 4.0
+    mlp_type: str = "gelu"  # gelu | geglu
+    ln_eps: float = 1e-6
+    cross_first: bool = False  # block order: self-attn, cross-attn, MLP (or cross first, as OpenLRM)
+    # TripoSR wraps the blocks in GroupNorm + proj_in ... proj_out + residual; OpenLRM uses a final LayerNorm.
+    io_proj: bool = False
+    io_groups: int = 32
+    final_norm: bool = True
+    camera_modulation: bool = True  # adaLN modulation by the input camera (False = fixed-camera model)
+    camera_embed_dim: int = 256
+    qkv_bias: bool = False
+    attention: str = "sdpa"  # sdpa | math | xformers (CUDA only)
+    grad_checkpoint: bool = False
+
+
+@dataclass
+class UpsamplerConfig:
+    channels: int = 32  # triplane feature channels C
+    kernel: int = 2  # transposed-conv kernel = stride (resolution multiplier)
+
+
+@dataclass
+class DecoderConfig:
+    """Triplane sampling + NeRF MLP (lrm/models/decoder.py)."""
+
+    aggregation: str = "concat"  # concat | sum | mean of the three plane features
+    hidden: int = 64
+    hidden_layers: int = 3  # Linear+act layers before the output Linear
+    activation: str = "silu"  # silu | relu | gelu
+    density_activation: str = "trunc_exp"  # exp | trunc_exp | softplus | relu
+    density_bias: float = -1.0
+
+
+@dataclass
+class RenderConfig:
+    """Volume renderer (lrm/render/volume.py)."""
+
+    radius: float = 0.87  # triplane cube half-size R
+    box_margin: float = 0.0  # rays are clipped to the cube of half-size R * (1 - box_margin)
+    min_ray_length: float = 0.0  # rays whose segment inside the cube is not longer than this are empty
+    n_samples: int = 48
+    n_importance: int = 48
+    sampler: str = "stratified"  # stratified (random jitter when training) | midpoint (deterministic)
+    step: str = "world"  # world: delta = sample spacing; normalized: delta = 1 / n_samples (TripoSR)
+    background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    chunk: int = 8192  # rays per chunk
+    backend: str = "auto"  # auto | torch | nerfacc (CUDA only)
+    resolution: int = 64
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
+@dataclass
+class CameraDefaults:
+    distance: float = 2.0
+    fov_deg: float = 40.0
+    foreground_ratio: float = 0.85
+
+
+@dataclass
+class Config:
+    """Top-level tree. Sections other than ``model``/``camera`` (data, train, infer, eval, sds) are
+    free-form dictionaries owned by their modules, which define their own defaults."""
+
+    name: str = "tiny"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    camera: CameraDefaults = field(default_factory=CameraDefaults)
+    data: Any = field(default_factory=dict)
+    train: Any = field(default_factory=dict)
+    infer: Any = field(default_factory=dict)
+    eval: Any = field(default_factory=dict)
+    sds: Any = field(default_factory=dict)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A config file path, or the name of one in ``configs/`` (``tiny`` -> ``configs/tiny.yaml``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"config not found: {name_or_path} (looked in . and {CONFIG_DIR})")
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema defaults <- YAML file (may ``_base_: other.yaml``) <- dotted ``key=value`` overrides."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        cfg = OmegaConf.merge(cfg, _load_yaml_with_base(resolve_config_path(path)))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must look like key=value, got: {bad}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def _load_yaml_with_base(path: Path) -> DictConfig:
+    raw = OmegaConf.load(path)
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    return OmegaConf.merge(_load_yaml_with_base(resolve_config_path(path.parent / base)), raw)
+
+
+def model_config_from(cfg: DictConfig | dict) -> DictConfig:
+    """Accept either a full config or a bare model section; return a validated model section."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    section = cfg.model if "model" in cfg else cfg
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), section)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write a config as YAML atomically."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)

@@ -1,0 +1,3 @@
+from .lrm import LRM, build_model
+
+__all__ = ["LRM", "build_model"]

@@ -1,0 +1,114 @@
+"""The assembled Large Reconstruction Model: image (+ camera) -> triplane -> density/colour -> pixels.
+
+Data flow (one file per stage, in this order):
+encoder.py (ViT tokens) -> camera_embed.py (adaLN conditioning) -> transformer.py (triplane tokens attend to
+image tokens) -> upsampler.py (tokens -> 3 x C x H x W planes) -> decoder.py (plane features at points ->
+density, RGB) -> lrm/render/volume.py (rays -> pixels).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from .. import cameras as cam
+from ..config import model_config_from
+from ..render.volume import VolumeRenderer
+from .camera_embed import CameraEmbedder
+from .decoder import TriplaneDecoder
+from .encoder import ImageEncoder, load_pretrained
+from .transformer import TriplaneTransformer
+from .upsampler import TriplaneUpsampler
+
+log = logging.getLogger(__name__)
+
+
+class LRM(nn.Module):
+    def __init__(self, cfg, load_pretrained_encoder: bool = True):
+        super().__init__()
+        cfg = model_config_from(cfg)
+        self.cfg = cfg
+        self.encoder = ImageEncoder(cfg.encoder)
+        t = cfg.transformer
+        self.camera_embed = CameraEmbedder(t.camera_embed_dim) if t.camera_modulation else None
+        self.transformer = TriplaneTransformer(t, context_dim=self.encoder.out_dim)
+        self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel)
+        self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius)
+        self.renderer = VolumeRenderer(cfg.render)
+        if load_pretrained_encoder and not _is_meta(self):
+            if cfg.encoder.pretrained_path:
+                load_pretrained(self.encoder, cfg.encoder.pretrained_path)
+            else:
+                log.info("image encoder: random init (no encoder.pretrained_path)")
+        if cfg.encoder.freeze:
+            self.encoder.requires_grad_(False)
+
+    # ------------------------------------------------------------------ image -> triplane
+    def forward(self, images: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1]; cameras [B, 16] (``lrm.cameras.camera_vector`` of the canonical
+        input camera; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W']."""
+        tokens = self.encoder(images)
+        cond = None
+        if self.camera_embed is not None:
+            if cameras is None:
+                cameras = self.default_camera(images.shape[0], images.device, images.dtype)
+            cond = self.camera_embed(cameras)
+        x = self.transformer(tokens, cond)
+        return self.upsampler(x, self.cfg.transformer.plane_tokens)
+
+    @staticmethod
+    def default_camera(batch: int, device=None, dtype=torch.float32, distance=cam.CANONICAL_DISTANCE,
+                       fov_deg=cam.CANONICAL_FOV_DEG) -> torch.Tensor:
+        """Camera vector of the canonical input view (azimuth 0, elevation 0)."""
+        c2w = cam.orbit_camera(0.0, 0.0, distance)
+        intr = cam.intrinsics_from_fov(fov_deg)
+        return cam.camera_vector(c2w, intr).to(device=device, dtype=dtype).expand(batch, -1)
+
+    # ------------------------------------------------------------------ triplane -> field -> pixels
+    def query(self, triplanes: torch.Tensor, points: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Density [B, N] and RGB [B, N, 3] at world points [B, N, 3]."""
+        return self.decoder(triplanes, points)
+
+    def field(self, triplanes: torch.Tensor):
+        def fn(points):
+            out = self.decoder(triplanes, points)
+            return out["density"], out["rgb"]
+
+        return fn
+
+    def render_rays(self, triplanes, rays_o, rays_d, **kw) -> Dict[str, torch.Tensor]:
+        """Render rays [B, N, 3] -> rgb [B, N, 3], opacity [B, N], depth [B, N]."""
+        return self.renderer(self.field(triplanes), rays_o, rays_d, **kw)
+
+    def render(self, triplanes, c2w, intrinsics, resolution: Optional[int] = None, **kw) -> Dict[str, torch.Tensor]:
+        """Render full views. c2w [B, V, 4, 4], intrinsics [B, V, 4] -> rgb [B, V, H, W, 3], opacity and
+        depth [B, V, H, W]."""
+        res = resolution or self.cfg.render.resolution
+        b, v = c2w.shape[:2]
+        rays_o, rays_d = cam.get_rays(c2w, intrinsics, res, res)  # [B, V, HW, 3]
+        out = self.render_rays(triplanes, rays_o.reshape(b, -1, 3), rays_d.reshape(b, -1, 3), **kw)
+        return {k: val.reshape(b, v, res, res, *val.shape[2:]) for k, val in out.items()
+                if val.dim() >= 2 and val.shape[1] == v * res * res}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def parameter_counts(self) -> Dict[str, int]:
+        stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "transformer": self.transformer,
+                  "upsampler": self.upsampler, "decoder": self.decoder}
+        counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in stages.items()}
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+def _is_meta(module: nn.Module) -> bool:
+    return any(p.is_meta for p in module.parameters())
+
+
+def build_model(cfg, device: str | torch.device | None = None, meta: bool = False) -> LRM:
+    """Build an LRM from a (full or model-only) config; ``meta=True`` allocates no weights."""
+    if meta:
+        with torch.device("meta"):
+            return LRM(cfg, load_pretrained_encoder=False)
+    model = LRM(cfg)
+    return model.to(device) if device is not None else model

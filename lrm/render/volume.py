@@ -1,0 +1,174 @@
+"""The volume renderer used by training, inference, SDS and evaluation alike.
+
+A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [B, M, 3])``. For each ray:
+
+1. near/far: the ray's segment inside the cube [-R', R']^3 with R' = R (1 - box_margin) (slab test;
+   ``t_near`` clamped at 0). Rays that miss, or whose segment is not longer than ``min_ray_length``,
+   are empty: opacity 0, background colour.
+2. ``n_samples`` samples on [near, far]: ``stratified`` (one uniform sample per equal bin when
+   ``randomize``, the bin midpoint otherwise) or ``midpoint`` (always the midpoints).
+3. Optional hierarchical resampling: ``n_importance`` more samples drawn by inverse-CDF from the coarse
+   weights (detached), merged and sorted with the coarse ones; all are composited together.
+4. Compositing: each sample i stands for the interval between the midpoints to its neighbours (``near``
+   and ``far`` at the ends), length ``delta_i`` (``step='world'``), or the constant ``1 / n_samples``
+   (``step='normalized'``, TripoSR's rule). ``alpha_i = 1 - exp(-sigma_i delta_i)``,
+   ``T_i = exp(-sum_{j<i} sigma_j delta_j)``, ``w_i = alpha_i T_i``;
+   ``rgb = sum w_i c_i + (1 - sum w_i) * background``, ``opacity = sum w_i``,
+   ``depth = sum w_i t_i / opacity`` (t along the unit-length ray: distance from the origin point).
+
+Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
+runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
+(lrm/render/nerfacc_backend.py) when its extension is available.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ..cameras import ray_box_intersect
+
+log = logging.getLogger(__name__)
+Field = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def near_far(rays_o, rays_d, radius: float, box_margin: float = 0.0, min_ray_length: float = 0.0):
+    """``(t_near, t_far, valid)`` for rays against the triplane cube."""
+    t_near, t_far, _ = ray_box_intersect(rays_o, rays_d, radius * (1.0 - box_margin))
+    valid = (t_far - t_near) > min_ray_length
+    return t_near, t_far, valid
+
+
+def uniform_samples(t_near, t_far, n: int, randomize: bool, generator: Optional[torch.Generator] = None):
+    """[..., n] samples, one per equal bin of [near, far]: jittered when ``randomize`` else midpoints."""
+    u = torch.linspace(0.0, 1.0, n + 1, device=t_near.device, dtype=t_near.dtype)
+    lo, hi = u[:-1], u[1:]
+    if randomize:
+        r = torch.rand((*t_near.shape, n), device=t_near.device, dtype=t_near.dtype, generator=generator)
+        m = lo + (hi - lo) * r
+    else:
+        m = (lo + hi) / 2
+    return t_near[..., None] * (1 - m) + t_far[..., None] * m
+
+
+def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, randomize: bool,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Inverse-CDF sampling: ``bins`` [..., K+1] edges, ``weights`` [..., K] -> [..., n] positions."""
+    w = weights + 1e-5
+    pdf = w / w.sum(-1, keepdim=True)
+    cdf = torch.cat([torch.zeros_like(pdf[..., :1]), pdf.cumsum(-1)], -1).clamp(max=1.0)
+    if randomize:
+        u = torch.rand((*cdf.shape[:-1], n), device=cdf.device, dtype=cdf.dtype, generator=generator)
+    else:
+        u = (torch.arange(n, device=cdf.device, dtype=cdf.dtype) + 0.5) / n
+        u = u.expand(*cdf.shape[:-1], n)
+    u = u.contiguous()
+    idx = torch.searchsorted(cdf.contiguous(), u, right=True)
+    below = (idx - 1).clamp(min=0, max=cdf.shape[-1] - 1)
+    above = idx.clamp(max=cdf.shape[-1] - 1)
+    cdf_b, cdf_a = cdf.gather(-1, below), cdf.gather(-1, above)
+    bin_b, bin_a = bins.gather(-1, below), bins.gather(-1, above)
+    denom = torch.where(cdf_a - cdf_b < 1e-8, torch.ones_like(cdf_a), cdf_a - cdf_b)
+    return bin_b + (u - cdf_b) / denom * (bin_a - bin_b)
+
+
+def interval_lengths(t: torch.Tensor, t_near: torch.Tensor, t_far: torch.Tensor) -> torch.Tensor:
+    """Length of the interval each sorted sample stands for: between midpoints to its neighbours."""
+    mids = (t[..., 1:] + t[..., :-1]) / 2
+    edges = torch.cat([t_near[..., None], mids, t_far[..., None]], -1)
+    return (edges[..., 1:] - edges[..., :-1]).clamp_min(0.0)
+
+
+def composite(density, rgb, deltas, t, background, valid=None) -> Dict[str, torch.Tensor]:
+    """Alpha compositing along the last sample axis. density/deltas/t [..., S], rgb [..., S, 3]."""
+    tau = density * deltas
+    if valid is not None:
+        tau = tau * valid[..., None]
+    alpha = 1.0 - torch.exp(-tau)
+    trans = torch.exp(-torch.cat([torch.zeros_like(tau[..., :1]), tau[..., :-1].cumsum(-1)], -1))
+    weights = alpha * trans
+    opacity = weights.sum(-1)
+    color = (weights[..., None] * rgb).sum(-2) + (1.0 - opacity[..., None]) * background
+    depth = (weights * t).sum(-1) / opacity.clamp_min(1e-8)
+    return {"rgb": color, "opacity": opacity, "depth": depth, "weights": weights}
+
+
+class VolumeRenderer:
+    """Config-driven renderer (``RenderConfig``). Stateless; safe to share."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._warned_backend = False
+
+    def background(self, background, ref: torch.Tensor) -> torch.Tensor:
+        bg = self.cfg.background if background is None else background
+        bg = torch.as_tensor(bg, dtype=ref.dtype, device=ref.device)
+        return bg
+
+    def _resolve_backend(self, device: torch.device) -> str:
+        want = self.cfg.backend
+        if want == "torch":
+            return "torch"
+        if device.type == "cuda":
+            from . import nerfacc_backend
+
+            if nerfacc_backend.available():
+                return "nerfacc"
+        if want == "nerfacc" and not self._warned_backend:
+            self._warned_backend = True
+            log.warning("render.backend=nerfacc needs a CUDA device with nerfacc's extension; using the torch path")
+        return "torch"
+
+    def __call__(self, field: Field, rays_o: torch.Tensor, rays_d: torch.Tensor, randomize: bool = False,
+                 background: Optional[Sequence[float] | torch.Tensor] = None,
+                 generator: Optional[torch.Generator] = None, return_samples: bool = False) -> Dict[str, torch.Tensor]:
+        """Render rays [B, N, 3] through ``field``; returns rgb [B, N, 3], opacity [B, N], depth [B, N]."""
+        bg = self.background(background, rays_o)
+        if self._resolve_backend(rays_o.device) == "nerfacc":  # pragma: no cover - CUDA only
+            from .nerfacc_backend import render_nerfacc
+
+            return render_nerfacc(self.cfg, field, rays_o, rays_d, bg, randomize)
+        chunk = max(1, int(self.cfg.chunk))
+        outs = [self.render_chunk(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize, generator,
+                                  return_samples)
+                for i in range(0, rays_o.shape[1], chunk)]
+        if len(outs) == 1:
+            return outs[0]
+        return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}
+
+    def render_chunk(self, field: Field, rays_o, rays_d, bg, randomize=False, generator=None, return_samples=False):
+        cfg = self.cfg
+        t_near, t_far, valid = near_far(rays_o, rays_d, cfg.radius, cfg.box_margin, cfg.min_ray_length)
+        t_far = torch.where(valid, t_far, t_near)
+        randomize = randomize and cfg.sampler == "stratified"
+        t = uniform_samples(t_near, t_far, cfg.n_samples, randomize, generator)
+        if cfg.n_importance > 0:
+            with torch.no_grad():
+                d0, _ = self._query(field, rays_o, rays_d, t)
+                deltas0 = interval_lengths(t, t_near, t_far)
+                w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), deltas0, t,
+                               bg, valid)["weights"]
+                edges = torch.cat([t_near[..., None], (t[..., 1:] + t[..., :-1]) / 2, t_far[..., None]], -1)
+                t_fine = sample_pdf(edges, w0, cfg.n_importance, randomize, generator)
+            t, _ = torch.sort(torch.cat([t, t_fine.detach()], -1), -1)
+        density, rgb = self._query(field, rays_o, rays_d, t)
+        if cfg.step == "normalized":
+            deltas = torch.full_like(t, 1.0 / cfg.n_samples)
+        elif cfg.step == "world":
+            deltas = interval_lengths(t, t_near, t_far)
+        else:
+            raise ValueError(f"unknown render.step {cfg.step!r}")
+        out = composite(density, rgb, deltas, t, bg, valid)
+        if not return_samples:
+            out.pop("weights")
+        else:
+            out["t"] = t
+        return out
+
+    @staticmethod
+    def _query(field: Field, rays_o, rays_d, t):
+        b, n, s = t.shape
+        pts = rays_o[..., None, :] + rays_d[..., None, :] * t[..., None]
+        density, rgb = field(pts.reshape(b, n * s, 3))
+        return density.view(b, n, s), rgb.view(b, n, s, 3)
