@@ -24,7 +24,8 @@ install: install-system
 	$(PIP) install -q -e ".[dev,data]"
 
 demo: install
-	$(PYTHON) infer.py examples/duck.png --out outputs/demo --video
+	$(PYTHON) -m lrm.models.summary tiny
+	$(PYTHON) benchmarks/bench_model.py --configs tiny
 
 test: install
 	$(PYTHON) -m pytest -q

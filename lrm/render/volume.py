@@ -8,7 +8,8 @@ A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [
 2. ``n_samples`` samples on [near, far]: ``stratified`` (one uniform sample per equal bin when
    ``randomize``, the bin midpoint otherwise) or ``midpoint`` (always the midpoints).
 3. Optional hierarchical resampling: ``n_importance`` more samples drawn by inverse-CDF from the coarse
-   weights (detached), merged and sorted with the coarse ones; all are composited together.
+   weights (detached; bins between consecutive coarse samples, each weighted by the larger weight of its
+   two ends), merged and sorted with the coarse ones; all are composited together.
 4. Compositing: each sample i stands for the interval between the midpoints to its neighbours (``near``
    and ``far`` at the ends), length ``delta_i`` (``step='world'``), or the constant ``1 / n_samples``
    (``step='normalized'``, TripoSR's rule). ``alpha_i = 1 - exp(-sigma_i delta_i)``,
@@ -149,8 +150,13 @@ class VolumeRenderer:
                 deltas0 = interval_lengths(t, t_near, t_far)
                 w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), deltas0, t,
                                bg, valid)["weights"]
-                edges = torch.cat([t_near[..., None], (t[..., 1:] + t[..., :-1]) / 2, t_far[..., None]], -1)
-                t_fine = sample_pdf(edges, w0, cfg.n_importance, randomize, generator)
+                # Bins run between consecutive coarse samples; each takes the larger weight of its two
+                # end samples (a 2-tap max filter), so a surface entered between samples k-1 and k is
+                # resampled on both sides of sample k.
+                edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
+                wp = torch.nn.functional.pad(w0, (1, 1))
+                t_fine = sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), cfg.n_importance, randomize,
+                                    generator)
             t, _ = torch.sort(torch.cat([t, t_fine.detach()], -1), -1)
         density, rgb = self._query(field, rays_o, rays_d, t)
         if cfg.step == "normalized":
