@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Image -> textured mesh (+ turntable video), offline, with the shipped default checkpoint.
+
+    python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
+        [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--texture vertex|uv] [--video]
+        [--video-format mp4|gif] [--device cpu|cuda] [--mask mask.png] [--orientation viewer|canonical]
+
+Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
+preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
+to a temporary folder, then renamed); a bad input gives one error line, a non-zero exit, and no files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="input image(s): RGBA PNG, or RGB on a plain background")
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: checkpoints/default)")
+    p.add_argument("--format", default="glb", choices=["glb", "obj", "ply"])
+    p.add_argument("--mc-resolution", type=int, default=None, help="marching-cubes grid points per side")
+    p.add_argument("--mc-threshold", type=float, default=None, help="density level of the surface")
+    p.add_argument("--texture", default=None, choices=["vertex", "uv"])
+    p.add_argument("--texture-size", type=int, default=None)
+    p.add_argument("--video", action="store_true", help="also render a turntable")
+    p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
+    p.add_argument("--video-frames", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--mask", default=None, help="foreground mask (white = object) for a single RGB image")
+    p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"],
+                   help="viewer: +Y up, input view facing +Z (glTF viewers); canonical: the model's +Z-up frame")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p.parse_args(argv)
+
+
+def check_output_dir(out: Path):
+    from lrm.preprocess import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise InputError(f"output folder is not writable: {out} ({e.strerror or e})") from None
+
+
+def process(pipe, image: str, args, out_root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from lrm.pipeline import export_mesh, save_video
+    from lrm.preprocess import InputError
+
+    name = Path(image).stem or "image"
+    final = out_root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    try:
+        result = pipe.run(image, mask=args.mask, video=args.video)
+        if len(result.mesh.faces) == 0:
+            raise InputError(f"no surface found for {image} (try a lower --mc-threshold)")
+        t = time.perf_counter()
+        files = export_mesh(result.mesh, tmp / f"mesh.{args.format}", args.format, args.orientation)
+        save_file({"triplane": result.triplane.contiguous()}, str(tmp / "triplane.safetensors"),
+                  metadata={"radius": str(pipe.cfg.model.render.radius)})
+        Image.fromarray((np.clip(result.input_image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp / "input.png")
+        if result.frames is not None:
+            save_video(result.frames, tmp / f"turntable.{args.video_format}")
+        result.timings["export"] = time.perf_counter() - t
+        info = {"image": str(image), "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
+                "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
+                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files]}
+        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{image}: {info['faces']} faces -> {final}/mesh.{args.format}  "
+          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return final
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from lrm.checkpoint import CheckpointError
+    from lrm.pipeline import Pipeline
+    from lrm.preprocess import InputError
+
+    from lrm.preprocess import load_image
+
+    failures = 0
+    valid = []
+    for image in args.images:  # fail fast on unreadable inputs, before loading the model
+        try:
+            load_image(image)
+            valid.append(image)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+    if not valid:
+        return 2
+    try:
+        out_root = Path(args.out)
+        check_output_dir(out_root)
+        if args.mask is not None:
+            if len(valid) > 1:
+                raise InputError("--mask applies to a single input image")
+            load_image(args.mask)
+        opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
+                    texture_size=args.texture_size, video_frames=args.video_frames)
+        t = time.perf_counter()
+        pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
+        load_s = time.perf_counter() - t
+        print(f"loaded {args.checkpoint or 'default checkpoint'} on {pipe.device} in {load_s:.2f}s "
+              f"(process start -> ready {time.perf_counter() - T_START:.2f}s)")
+    except (InputError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for image in valid:
+        try:
+            process(pipe, image, args, out_root)
+        except (InputError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - one line unless --debug
+            if args.debug:
+                raise
+            print(f"error: {image}: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+            failures += 1
+    print(f"total {time.perf_counter() - T_START:.2f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

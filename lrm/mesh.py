@@ -1,0 +1,146 @@
+"""Triplane -> mesh: density grid (coarse-to-fine), marching cubes, vertex colours or a baked UV texture.
+
+Density grid: the field is sampled on the (N x N x N) grid of points spanning [-R, R]^3. Instead of all
+N^3 points, ``coarse_factor`` f > 1 first samples every f-th point; a block of f^3 cells is refined (all
+its fine points queried) only when its 8 coarse corners straddle the threshold or lie within ``band`` of it
+(relative), dilated by one block; other blocks are filled by trilinear interpolation of the coarse values,
+which keeps them on the same side of the threshold. On smooth fields this gives the dense grid's mesh
+(tests compare them) for a fraction of the queries; features thinner than a coarse block can be missed,
+so ``coarse_factor=1`` is the exact dense path.
+
+Orientation: meshes are produced in the canonical input-view frame (+Z up, input camera on +X looking at
+the origin). ``to_viewer_frame`` maps it to the glTF/"Y-up" convention of common viewers
+(x, y, z) -> (y, z, x): +Y up, the input view facing the viewer's default camera (+Z).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Query = Callable[[torch.Tensor], torch.Tensor]  # points [M, 3] -> density [M]
+
+VIEWER_FROM_CANONICAL = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+
+
+def _grid_points(idx: torch.Tensor, n: int, radius: float) -> torch.Tensor:
+    return idx.float() * (2 * radius / (n - 1)) - radius
+
+
+def query_chunked(query: Query, points: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+    out = [query(points[i:i + chunk]) for i in range(0, points.shape[0], chunk)]
+    return torch.cat(out) if out else points.new_zeros(0)
+
+
+@torch.no_grad()
+def density_grid(query: Query, resolution: int, radius: float, threshold: float, coarse_factor: int = 4,
+                 band: float = 0.5, chunk: int = 262144, device="cpu") -> Tuple[np.ndarray, dict]:
+    """Density on the N^3 grid of points spanning [-R, R]^3. Returns (grid, stats)."""
+    n, f = int(resolution), int(coarse_factor)
+    if f <= 1 or (n - 1) % f != 0 or (n - 1) // f < 2:
+        lin = _grid_points(torch.arange(n, device=device), n, radius)
+        pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+        return query_chunked(query, pts, chunk).reshape(n, n, n).cpu().numpy(), {"queries": n ** 3, "dense": True}
+    nc = (n - 1) // f + 1
+    ci = torch.arange(nc, device=device) * f
+    cg = torch.stack(torch.meshgrid(ci, ci, ci, indexing="ij"), -1).reshape(-1, 3)
+    coarse = query_chunked(query, _grid_points(cg, n, radius), chunk).reshape(nc, nc, nc)
+    # blocks whose corners straddle the threshold or come close to it
+    corners = torch.stack([coarse[i:nc - 1 + i, j:nc - 1 + j, k:nc - 1 + k]
+                           for i in (0, 1) for j in (0, 1) for k in (0, 1)], 0)
+    lo, hi = corners.amin(0), corners.amax(0)
+    active = ((lo <= threshold) & (hi >= threshold)) | ((corners - threshold).abs().amin(0) <= band * abs(threshold))
+    active = F.max_pool3d(active[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    # fill everything by trilinear interpolation of the coarse grid, then overwrite active blocks exactly
+    full = F.interpolate(coarse[None, None], size=(n, n, n), mode="trilinear", align_corners=True)[0, 0]
+    blocks = active.nonzero()
+    queries = nc ** 3
+    if len(blocks):
+        off = torch.arange(f + 1, device=device)
+        local = torch.stack(torch.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)
+        idx = (blocks[:, None, :] * f + local[None]).reshape(-1, 3)
+        idx = torch.unique(idx, dim=0)
+        vals = query_chunked(query, _grid_points(idx, n, radius), chunk)
+        full[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
+        queries += idx.shape[0]
+    return full.cpu().numpy(), {"queries": queries, "dense": False, "active_blocks": int(len(blocks))}
+
+
+def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Vertices (world units) and faces of the ``threshold`` level set of a grid spanning [-R, R]^3."""
+    import mcubes
+
+    if not (grid.min() < threshold < grid.max()):
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    v, f = mcubes.marching_cubes(grid, float(threshold))
+    n = grid.shape[0]
+    v = v * (2 * radius / (n - 1)) - radius
+    return v, f.astype(np.int64)  # wound so normals point out of the dense region (tested)
+
+
+def to_viewer_frame(vertices: np.ndarray) -> np.ndarray:
+    return vertices @ VIEWER_FROM_CANONICAL[:3, :3].T
+
+
+def bake_uv_texture(vertices: np.ndarray, faces: np.ndarray, color_fn: Callable[[np.ndarray], np.ndarray],
+                    size: int = 1024, k: int = 16):
+    """xatlas UV unwrap + texture baked from ``color_fn(points [M, 3]) -> rgb [M, 3] in [0, 1]``.
+
+    Returns (vertices', faces', uvs [V', 2], texture uint8 [size, size, 3]). Each texel centre is located in
+    its UV triangle (k nearest triangle centroids, barycentric test); uncovered texels take the colour of
+    the nearest covered one so seams don't show background.
+    """
+    import xatlas
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    vmap, new_faces, uvs = xatlas.parametrize(vertices.astype(np.float32), faces.astype(np.uint32))
+    verts = vertices[vmap]
+    tri_uv = uvs[new_faces] * size  # [F, 3, 2] in texel units
+    tree = cKDTree(tri_uv.mean(1))
+    yy, xx = np.mgrid[0:size, 0:size]
+    px = np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], -1)
+    _, cand = tree.query(px, k=min(k, len(new_faces)))
+    cand = cand.reshape(len(px), -1)
+    a, b, c = (tri_uv[cand, i] for i in range(3))  # [P, k, 2]
+    v0, v1, v2 = b - a, c - a, px[:, None] - a
+    d00, d01, d11 = (v0 * v0).sum(-1), (v0 * v1).sum(-1), (v1 * v1).sum(-1)
+    d20, d21 = (v2 * v0).sum(-1), (v2 * v1).sum(-1)
+    den = d00 * d11 - d01 * d01
+    den = np.where(np.abs(den) < 1e-12, 1e-12, den)
+    w1 = (d11 * d20 - d01 * d21) / den
+    w2 = (d00 * d21 - d01 * d20) / den
+    w0 = 1 - w1 - w2
+    inside = (w0 >= -1e-4) & (w1 >= -1e-4) & (w2 >= -1e-4)
+    has = inside.any(1)
+    first = inside.argmax(1)
+    rows = np.arange(len(px))
+    tri = cand[rows, first]
+    bary = np.stack([w0[rows, first], w1[rows, first], w2[rows, first]], -1)
+    pts = (verts[new_faces[tri]] * bary[..., None]).sum(1)
+    tex = np.zeros((size * size, 3), np.float32)
+    if has.any():
+        tex[has] = color_fn(pts[has])
+    covered = has.reshape(size, size)
+    if covered.any() and not covered.all():
+        _, (iy, ix) = ndimage.distance_transform_edt(~covered, return_indices=True)
+        tex = tex.reshape(size, size, 3)[iy, ix].reshape(-1, 3)
+    # OpenGL-style UV origin at the bottom-left: flip rows so texture row 0 is v = 1
+    texture = (np.clip(tex.reshape(size, size, 3), 0, 1) * 255 + 0.5).astype(np.uint8)[::-1]
+    return verts, new_faces.astype(np.int64), uvs, np.ascontiguousarray(texture)
+
+
+def build_trimesh(vertices, faces, vertex_colors: Optional[np.ndarray] = None, uvs=None, texture=None):
+    import trimesh
+    from PIL import Image
+
+    if texture is not None:
+        visual = trimesh.visual.TextureVisuals(uv=uvs, image=Image.fromarray(texture))
+        return trimesh.Trimesh(vertices, faces, visual=visual, process=False)
+    colors = None
+    if vertex_colors is not None:
+        colors = np.concatenate([(np.clip(vertex_colors, 0, 1) * 255 + 0.5).astype(np.uint8),
+                                 np.full((len(vertex_colors), 1), 255, np.uint8)], 1)
+    return trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=False)

@@ -1,0 +1,190 @@
+"""Image -> textured mesh (+ turntable), the Python API behind infer.py.
+
+    from lrm import Pipeline
+    result = Pipeline.from_pretrained().run("examples/duck.png")
+    result.mesh.export("duck.glb")
+
+Steps (each timed in ``result.timings``): preprocess (lrm/preprocess.py) -> model -> triplane ->
+density grid + marching cubes + colours (lrm/mesh.py) -> optional turntable from the shared renderer.
+The mesh is in the canonical input-view frame (+Z up, input camera on +X); ``export`` rotates it into the
+Y-up viewer frame unless told otherwise (docs/inference.md).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from . import cameras as C
+from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from .mesh import bake_uv_texture, build_trimesh, density_grid, marching_cubes, to_viewer_frame
+from .preprocess import InputError, preprocess
+
+log = logging.getLogger(__name__)
+
+INFER_DEFAULTS = dict(
+    input_size=256,  # preprocessed image side (the encoder resizes to its own image_size)
+    foreground_ratio=0.85,
+    mc_resolution=129,  # grid points per side (2^k + 1 so the coarse-to-fine grid aligns)
+    mc_threshold=10.0,  # density level of the surface
+    coarse_factor=4,
+    texture="vertex",  # vertex | uv
+    texture_size=1024,
+    video_frames=36,
+    video_resolution=128,
+    video_elevation=20.0,
+    chunk=262144,
+)
+
+
+@dataclass
+class Result:
+    mesh: "object"  # trimesh.Trimesh, canonical frame
+    triplane: torch.Tensor  # [1, 3, C, H, W]
+    input_image: np.ndarray  # [S, S, 3] preprocessed model input
+    timings: Dict[str, float] = field(default_factory=dict)
+    frames: Optional[List[np.ndarray]] = None  # turntable frames, uint8 [H, W, 3]
+    stats: Dict[str, object] = field(default_factory=dict)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+class Pipeline:
+    def __init__(self, model, cfg, device="cpu", **options):
+        self.model, self.cfg = model.eval(), cfg
+        self.device = torch.device(device)
+        opts = dict(INFER_DEFAULTS)
+        section = cfg.get("infer") or {}
+        if not isinstance(section, dict):
+            section = OmegaConf.to_container(section, resolve=True)
+        opts.update({k: v for k, v in section.items() if k in opts})
+        opts.update({k: v for k, v in options.items() if v is not None})
+        unknown = set(opts) - set(INFER_DEFAULTS)
+        if unknown:
+            raise InputError(f"unknown pipeline options: {sorted(unknown)}")
+        self.opts = opts
+        log.info("pipeline on %s (%s)", self.device, "cuda" if self.device.type == "cuda" else "cpu, fp32")
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[str | os.PathLike] = None, device: Optional[str] = None, **options):
+        dev = resolve_device(device)
+        model, cfg = load_checkpoint(Path(path) if path else DEFAULT_CHECKPOINT, dev)
+        return cls(model, cfg, dev, **options)
+
+    # ---------------------------------------------------------------- stages
+    def input_camera(self) -> torch.Tensor:
+        cam = self.cfg.camera
+        return self.model.default_camera(1, self.device, torch.float32, cam.distance, cam.fov_deg)
+
+    @torch.no_grad()
+    def triplane(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(self.device)
+        return self.model(x, self.input_camera())
+
+    def density_fn(self, triplane):
+        return lambda p: self.model.query(triplane, p[None])["density"][0]
+
+    def color_fn(self, triplane):
+        def fn(points: np.ndarray) -> np.ndarray:
+            out = []
+            with torch.no_grad():
+                for i in range(0, len(points), self.opts["chunk"]):
+                    p = torch.from_numpy(np.asarray(points[i:i + self.opts["chunk"]], np.float32)).to(self.device)
+                    out.append(self.model.query(triplane, p[None])["rgb"][0].float().cpu().numpy())
+            return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+        return fn
+
+    def extract_mesh(self, triplane, timings: Dict[str, float], stats: dict):
+        o, radius = self.opts, self.cfg.model.render.radius
+        t = time.perf_counter()
+        grid, gstats = density_grid(self.density_fn(triplane), o["mc_resolution"], radius, o["mc_threshold"],
+                                    o["coarse_factor"], chunk=o["chunk"], device=self.device)
+        timings["density_grid"] = time.perf_counter() - t
+        stats.update(gstats)
+        t = time.perf_counter()
+        verts, faces = marching_cubes(grid, o["mc_threshold"], radius)
+        timings["marching_cubes"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if len(faces) and o["texture"] == "uv":
+            v2, f2, uvs, tex = bake_uv_texture(verts, faces, self.color_fn(triplane), o["texture_size"])
+            mesh = build_trimesh(v2, f2, uvs=uvs, texture=tex)
+        else:
+            mesh = build_trimesh(verts, faces, self.color_fn(triplane)(verts) if len(verts) else None)
+        timings["texture"] = time.perf_counter() - t
+        return mesh
+
+    @torch.no_grad()
+    def turntable(self, triplane, frames: Optional[int] = None) -> List[np.ndarray]:
+        o, cam = self.opts, self.cfg.camera
+        n = int(frames or o["video_frames"])
+        c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
+        intr = C.intrinsics_from_fov(cam.fov_deg).to(self.device).expand(1, n, 4)
+        out = []
+        for i in range(n):  # one view at a time keeps memory flat
+            rgb = self.model.render(triplane, c2w[:, i:i + 1], intr[:, i:i + 1], o["video_resolution"],
+                                    background=[1.0, 1.0, 1.0])["rgb"][0, 0]
+            out.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
+        return out
+
+    # ---------------------------------------------------------------- all together
+    def run(self, image, mask=None, video: bool = False) -> Result:
+        timings: Dict[str, float] = {}
+        stats: Dict[str, object] = {}
+        t = time.perf_counter()
+        pre = preprocess(image, self.opts["input_size"], mask, self.opts["foreground_ratio"])
+        timings["preprocess"] = time.perf_counter() - t
+        stats["mask_source"] = pre.mask_source
+        t = time.perf_counter()
+        tri = self.triplane(pre.image)
+        timings["model"] = time.perf_counter() - t
+        mesh = self.extract_mesh(tri, timings, stats)
+        frames = None
+        if video:
+            t = time.perf_counter()
+            frames = self.turntable(tri)
+            timings["turntable"] = time.perf_counter() - t
+        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats)
+
+
+def export_mesh(mesh, path: Path, fmt: str, orientation: str = "viewer") -> List[Path]:
+    """Write the mesh as GLB / OBJ (+MTL, texture) / PLY; returns the files written."""
+    m = mesh.copy()
+    if orientation == "viewer":
+        m.vertices = to_viewer_frame(np.asarray(m.vertices))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "obj":
+        from trimesh.exchange.obj import export_obj
+
+        text, files = export_obj(m, include_texture=True, return_texture=True, mtl_name=f"{path.stem}.mtl")
+        path.write_text(text)
+        written = [path]
+        for name, data in files.items():
+            (path.parent / name).write_bytes(data)
+            written.append(path.parent / name)
+        return written
+    m.export(path, file_type=fmt)
+    return [path]
+
+
+def save_video(frames: List[np.ndarray], path: Path, fps: int = 12) -> Path:
+    import imageio
+
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    return path

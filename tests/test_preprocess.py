@@ -1,0 +1,107 @@
+"""Input preprocessing: alpha, plain-background segmentation, crop/pad ratio, and every bad-input case."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrm.preprocess import InputError, load_image, preprocess, segment_plain_background
+
+
+def huge_png(path, w=20000, h=20000):
+    """A PNG whose header claims w x h (the pixel data is not all there: it must be refused before decoding)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8  # length(4) type(4) then data
+    data[ihdr + 8:ihdr + 16] = struct.pack(">II", w, h)
+    crc = zlib.crc32(bytes(data[ihdr + 4:ihdr + 8 + 13])) & 0xFFFFFFFF
+    data[ihdr + 8 + 13:ihdr + 8 + 17] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def disc_rgba(h=120, w=200, cx=130, cy=50, r=30):
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = ((xx - cx) ** 2 + (yy - cy) ** 2 < r ** 2).astype(np.float32)
+    rgb = np.zeros((h, w, 3), np.float32)
+    rgb[..., 0] = 0.8
+    rgb[..., 2] = 0.2
+    return np.dstack([rgb, a])
+
+
+def test_alpha_crop_pad_ratio_and_composite():
+    out = preprocess(disc_rgba(), size=128, foreground_ratio=0.85)
+    assert out.mask_source == "alpha"
+    assert out.image.shape == (128, 128, 3) and out.image.dtype == np.float32
+    fg = out.rgba[..., 3] > 0.5
+    ys, xs = np.nonzero(fg)
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    assert side / 128 == pytest.approx(0.85, abs=0.03)
+    assert abs((ys.min() + ys.max()) / 2 - 63.5) < 2 and abs((xs.min() + xs.max()) / 2 - 63.5) < 2
+    # white background outside, object colour inside
+    assert np.allclose(out.image[0, 0], 1.0) and np.allclose(out.image[64, 64], [0.8, 0.0, 0.2], atol=0.02)
+
+
+def test_plain_background_segmentation_matches_truth():
+    rgba = disc_rgba()
+    truth = rgba[..., 3] > 0.5
+    rgb = np.where(truth[..., None], rgba[..., :3], np.array([0.93, 0.94, 0.95], np.float32))
+    rgb = rgb + np.random.default_rng(0).normal(0, 0.01, rgb.shape).astype(np.float32)
+    m = segment_plain_background(np.clip(rgb, 0, 1)) > 0.5
+    iou = (m & truth).sum() / (m | truth).sum()
+    assert iou > 0.95
+    assert preprocess(np.clip(rgb, 0, 1), size=64).mask_source == "segmentation"
+
+
+def _save(tmp_path, name, arr, mode=None):
+    p = tmp_path / name
+    Image.fromarray(arr, mode=mode).save(p) if mode else Image.fromarray(arr).save(p)
+    return p
+
+
+@pytest.mark.parametrize("kind", ["gray", "palette", "sixteen", "rgb"])
+def test_image_modes_load(tmp_path, kind):
+    base = (disc_rgba()[..., 3] * 200 + 20).astype(np.uint8)
+    if kind == "gray":
+        p = _save(tmp_path, "g.png", base)
+    elif kind == "palette":
+        p = tmp_path / "p.png"
+        Image.fromarray(base).convert("P").save(p)
+    elif kind == "sixteen":
+        p = tmp_path / "s.png"
+        Image.fromarray(base.astype(np.uint16) * 257).save(p)
+    else:
+        p = _save(tmp_path, "c.jpg", np.dstack([base] * 3))
+    img = load_image(p)
+    assert img.shape == (120, 200, 4) and 0 <= img.min() and img.max() <= 1
+    assert abs(img[50, 130, 0] - 220 / 255) < 0.03  # object pixel survives the mode conversion
+    assert preprocess(p, size=64).image.shape == (64, 64, 3)
+
+
+def test_bad_inputs_raise_one_clear_error(tmp_path):
+    cases = {}
+    cases["missing"] = tmp_path / "nope.png"
+    (tmp_path / "empty.png").write_bytes(b"")
+    cases["empty"] = tmp_path / "empty.png"
+    (tmp_path / "text.png").write_text("not an image at all")
+    cases["non-image"] = tmp_path / "text.png"
+    full = tmp_path / "full.png"
+    Image.fromarray((disc_rgba() * 255).astype(np.uint8)).save(full)
+    (tmp_path / "trunc.png").write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    cases["truncated"] = tmp_path / "trunc.png"
+    cases["tiny"] = _save(tmp_path, "tiny.png", np.zeros((1, 1, 3), np.uint8))
+    cases["transparent"] = _save(tmp_path, "clear.png", np.zeros((64, 64, 4), np.uint8))
+    for name, path in cases.items():
+        with pytest.raises(InputError) as e:
+            preprocess(path, size=64)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 300, name
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path):
+    p = tmp_path / "huge.png"
+    huge_png(p)
+    with pytest.raises(InputError, match="too large"):
+        load_image(p)
