@@ -3,7 +3,7 @@
 trimesh cannot read ``.ac``: each model is converted once with Debian ``assimp-utils``
 (``assimp export in.ac out.obj``) into a cache folder; textures (PNG/JPEG/SGI ``.rgb``/DDS) are converted
 to PNG next to it and the ``.mtl`` is rewritten to point at them. AC3D is +Y up.
-Cloud/effect sprites (``Weather``, ``Effects``) are excluded by default. Licence: GPL-2+ (Debian copyright).
+Cloud/effect sprites (``Weather``, ``Effects``, ``Astro``) are excluded by default. Licence: GPL-2+ (Debian copyright).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from . import MeshError, SourceObject, load_parts, safe_uid
 NAME = "flightgear"
 LICENCE = "GPL-2+ (Debian flightgear-data-models)"
 ROOT = Path("/usr/share/games/flightgear/Models")
-EXCLUDE = ("Weather", "Effects")
+EXCLUDE = ("Weather", "Effects", "Astro")
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache" / "flightgear"
 
 

@@ -37,7 +37,7 @@ NAMED = {
     "bunny": ("bunny.obj", "z"),
     "cube_textured": ("cube.obj", "z"),
     "shape_sorter": ("toys/shape_sorter.obj", "z"),
-    "teddy": ("teddy2_VHACD_CHs.obj", "z"),
+    "teddy": ("teddy2_VHACD_CHs.obj", "y"),
 }
 #: the textured ones (go to the dev eval set)
 TEXTURED = ("duck", "soccerball", "torus_textured", "tray")

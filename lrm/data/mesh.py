@@ -116,6 +116,8 @@ def validate(parts: Sequence[trimesh.Trimesh], min_faces: int = 4) -> None:
         raise MeshError("degenerate: zero-size bounding box")
     if ext[1] / ext[-1] < 1e-3:  # a line, not a surface
         raise MeshError("degenerate: collapsed to a line")
+    if ext[0] / ext[-1] < 1e-3:  # a single flat sheet (billboard, ground plane): no 3D shape to learn
+        raise MeshError("degenerate: flat (zero thickness)")
 
 
 def normalize_parts(parts: Sequence[trimesh.Trimesh]) -> Tuple[Parts, np.ndarray]:

@@ -76,7 +76,7 @@ void main() {
     if (dot(n, to_cam) < 0.0) n = -n;
     float shade = ambient + (1.0 - ambient) * (0.5 + 0.5 * dot(n, light_dir));
     f_rgba = vec4(clamp(albedo.rgb * shade, 0.0, 1.0), 1.0);
-    f_nrm = vec4(n, 1.0);
+    f_nrm = vec4(0.5 * n + 0.5, 1.0);
     f_depth = vec4(v_z, 0.0, 0.0, 1.0);
 }
 """
@@ -110,9 +110,11 @@ def _fbos(ctx, h: int, w: int, samples: int):
     key = (h, w, samples)
     if key not in _local.fbos:
         def attachments(s):
-            return [ctx.renderbuffer((w, h), 4, dtype="f4", samples=s) for _ in range(3)], ctx.depth_renderbuffer(
-                (w, h), samples=s
-            )
+            # colour: half float (premultiplied by coverage after resolve), normals: 8-bit encoded n/2+1/2,
+            # depth: one float32 channel. Small formats keep the MSAA resolve cheap on llvmpipe.
+            cols = [ctx.renderbuffer((w, h), 4, dtype="f2", samples=s), ctx.renderbuffer((w, h), 4, dtype="f1", samples=s),
+                    ctx.renderbuffer((w, h), 1, dtype="f4", samples=s)]
+            return cols, ctx.depth_renderbuffer((w, h), samples=s)
 
         cols, dep = attachments(samples)
         ms = ctx.framebuffer(color_attachments=cols, depth_attachment=dep)
@@ -317,17 +319,18 @@ def render_mesh(
                 vao.render()
             if resolved is not ms:
                 ctx.copy_framebuffer(resolved, ms)
-            col = np.frombuffer(resolved.read(components=4, attachment=0, dtype="f4"), np.float32).reshape(h, w, 4)
+            col = np.frombuffer(resolved.read(components=4, attachment=0, dtype="f2"), np.float16).reshape(h, w, 4)
+            col = col.astype(np.float32)
             a = col[..., 3:4]
             inv = np.where(a > 1e-6, 1.0 / np.maximum(a, 1e-6), 0.0)
             rgba[i, ..., :3] = np.clip(col[..., :3] * inv, 0, 1)[::-1]
             rgba[i, ..., 3] = np.clip(a[..., 0], 0, 1)[::-1]
             if depth:
-                d = np.frombuffer(resolved.read(components=4, attachment=2, dtype="f4"), np.float32).reshape(h, w, 4)
-                dep[i] = (d[..., 0] * inv[..., 0])[::-1]
+                d = np.frombuffer(resolved.read(components=1, attachment=2, dtype="f4"), np.float32).reshape(h, w)
+                dep[i] = (d * inv[..., 0])[::-1]
             if normals:
-                nn = np.frombuffer(resolved.read(components=4, attachment=1, dtype="f4"), np.float32).reshape(h, w, 4)
-                nn = nn[..., :3]
+                nn = np.frombuffer(resolved.read(components=4, attachment=1, dtype="f1"), np.uint8).reshape(h, w, 4)
+                nn = nn[..., :3].astype(np.float32) / 255.0 * 2.0 - a  # decode the coverage-weighted average
                 norm = np.linalg.norm(nn, axis=-1, keepdims=True)
                 nrm[i] = np.where(norm > 1e-6, nn / np.maximum(norm, 1e-6), 0.0)[::-1]
     finally:
