@@ -31,6 +31,8 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "data":
 
 import numpy as np  # noqa: E402
 
+from lrm.data.shards import uid_rng  # noqa: E402
+
 DEFAULT_SOURCES = "procedural,pybullet,flightgear"
 #: the dev eval set's objects (data/build_eval.py) are held out of training sets by default
 EVAL_SOURCES = ("cgal", "pymeshlab", "assimp")
@@ -46,10 +48,6 @@ def orbit_eval_views():
     az = np.tile(np.arange(0, 360, 45, dtype=np.float64), 2)
     el = np.repeat([0.0, 30.0], 8)
     return az, el
-
-
-def uid_rng(uid: str, salt: str = "views") -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{salt}:{uid}".encode()).digest()[:8], "big"))
 
 
 def sample_views(uid: str, n: int, elevation_range, with_orbit: bool):

@@ -34,6 +34,11 @@ def split_of(uid: str, val_fraction: float = 0.02, salt: str = "lrm-split-v1") -
     return "val" if h / 2**64 < val_fraction else "train"
 
 
+def uid_rng(uid: str, salt: str = "views") -> np.random.Generator:
+    """A random generator seeded by a hash of the uid (stable across runs, machines and orders)."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{salt}:{uid}".encode()).digest()[:8], "big"))
+
+
 def png_bytes(arr: np.ndarray, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)  # uint16 -> 16-bit PNG
