@@ -181,6 +181,10 @@ def mesh_arrays(mesh: trimesh.Trimesh) -> Tuple[np.ndarray, Optional[np.ndarray]
             img = _material_image(mat)
             if img is not None and vis.uv is not None and len(vis.uv) == len(mesh.vertices):
                 image = img
+                # glTF: baseColorFactor multiplies the texture (spec). OBJ/MTL: Kd next to map_Kd is often a
+                # placeholder (trimesh's default 0.4 grey), so textured OBJ materials use the texture alone.
+                if not hasattr(mat, "baseColorFactor"):
+                    col[:] = 1.0
                 uv = np.asarray(vis.uv, dtype=np.float32)[f].reshape(-1, 2)
             elif img is not None:  # a texture without UVs: use its mean colour
                 try:
