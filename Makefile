@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-system demo test test-slow bench
+.PHONY: install install-system install-data-system data data-eval demo test test-slow bench bench-data
 
 install-system:
 	@if ! $(PYTHON) -c "import moderngl" >/dev/null 2>&1 || ! ldconfig -p | grep -q libEGL_mesa; then \
@@ -35,3 +35,24 @@ test-slow: install
 
 bench: install
 	$(PYTHON) benchmarks/bench_model.py
+
+# Debian packages that ship meshes for the default data set (flightgear models + assimp converter) and the
+# dev eval set (assimp test models, CGAL scans). Not needed by the tests.
+DATA_DEBS := flightgear-data-models assimp-utils assimp-testmodels libcgal-demo
+install-data-system: install-system
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q --no-install-recommends $(DATA_DEBS) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(DATA_DEBS) >/dev/null)) \
+	  || echo "warning: could not install $(DATA_DEBS); the default set will use procedural + pybullet only"; \
+	else echo "note: not root/apt: install $(DATA_DEBS) yourself for the full default set"; fi
+
+# The default training set (docs/data.md): ~2,100 objects x 24 views at 256^2 -> data/shards/default
+data: install install-data-system
+	$(PYTHON) data/build.py --out data/shards/default
+
+# The dev evaluation set of package-shipped real objects -> data/eval/dev
+data-eval: install install-data-system
+	$(PYTHON) data/build_eval.py --out data/eval/dev
+
+bench-data: install
+	$(PYTHON) benchmarks/bench_data.py --shards data/shards/default

@@ -1,0 +1,219 @@
+"""Training loader: a webdataset pipeline over multi-view shards (format: :mod:`lrm.data.shards`).
+
+``make_loader`` yields the "Training batch" of docs/conventions.md::
+
+    input_image       [B, 3, S, S]     input view composited on `background`
+    input_camera      [B, 16]          camera_vector of the canonical input camera
+    target_rgb        [B, K, S, S, 3]  supervision views composited on `background`
+    target_mask       [B, K, S, S]     their alpha
+    target_c2w        [B, K, 4, 4]     supervision cameras (canonical frame)
+    target_intrinsics [B, K, 4]        normalised intrinsics
+    background        [B, 3]
+    uid               list of B str
+
+Per sample: one input view and K supervision views are drawn at random from the object's ``random``
+views (``view_kinds``); with ``input_in_targets=True`` the input view is target 0 and K-1 others follow.
+Cameras are canonicalised with ``lrm.cameras.canonicalize(..., distance=canonical_distance)``; the default
+``None`` keeps the rendered camera distance, so the transform is a pure rotation about the origin and the
+object stays centred in the triplane cube (the default set is rendered at distance 2.0, the canonical
+distance, so this equals ``distance=2.0`` there). Images are resized in premultiplied-alpha space
+(antialiased bilinear) and composited on the background ("random": a uniform random colour per sample,
+"white", "black", or an RGB triple).
+
+Sharding: shards are split across ranks (``rank::world_size``) and then across DataLoader workers; when
+there are fewer shards than readers, every reader reads its rank's shards and keeps every n-th sample,
+so each (rank, worker) still sees a disjoint subset. Corrupt or truncated samples are skipped with a
+logged warning (a webdataset ``handler``).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cameras import camera_vector, canonicalize
+from .shards import decode_header, decode_png, decode_sample, iter_raw, list_shards
+
+logger = logging.getLogger("lrm.data")
+
+
+def warn_and_skip(exn: Exception) -> bool:
+    """webdataset handler: log the problem and continue with the next sample."""
+    logger.warning("skipping corrupt sample: %s: %s", type(exn).__name__, str(exn)[:300])
+    return True
+
+
+def _worker() -> tuple:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _Reader:
+    """Shard urls for this rank and worker, looped per epoch with a seeded shard shuffle."""
+
+    def __init__(self, urls, rank, world_size, shuffle, seed, repeat):
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.shuffle, self.seed, self.repeat = shuffle, seed, repeat
+
+    def plan(self):
+        """(my shard urls, sample stride, sample offset) for the current (rank, worker)."""
+        wid, nw = _worker()
+        urls = self.urls
+        if len(urls) >= self.world_size:
+            mine, stride, offset = urls[self.rank :: self.world_size], 1, 0
+        else:
+            mine, stride, offset = urls, self.world_size, self.rank
+        if len(mine) >= nw:
+            return mine[wid::nw], stride, offset
+        return mine, stride * nw, offset * nw + wid
+
+    def __call__(self) -> Iterator[dict]:
+        urls, stride, offset = self.plan()
+        if not urls:
+            return
+        for epoch in itertools.count():
+            order = list(urls)
+            if self.shuffle:
+                random.Random(self.seed * 1000003 + epoch * 7919 + self.rank).shuffle(order)
+            for i, s in enumerate(iter_raw(order, handler=warn_and_skip)):
+                if i % stride == offset:
+                    yield s
+            if not self.repeat:
+                return
+
+
+def _background(kind, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(kind, str):
+        if kind == "random":
+            return rng.random(3).astype(np.float32)
+        if kind == "white":
+            return np.ones(3, np.float32)
+        if kind == "black":
+            return np.zeros(3, np.float32)
+        raise ValueError(f"unknown background {kind!r}")
+    return np.asarray(kind, np.float32).reshape(3)
+
+
+def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
+    """[V,H,W,4] straight alpha in [0,1] -> [V,size,size,4] premultiplied (rgb*a, a), antialiased."""
+    x = rgba.permute(0, 3, 1, 2)
+    x = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1).permute(0, 2, 3, 1)
+
+
+class _Decoder:
+    def __init__(self, num_views_target, image_size, background, input_in_targets, view_kinds,
+                 canonical_distance, seed):
+        self.k, self.size, self.bg = num_views_target, image_size, background
+        self.input_in_targets, self.view_kinds = input_in_targets, tuple(view_kinds)
+        self.distance, self.seed = canonical_distance, seed
+        self.rng = None
+
+    def __call__(self, sample: dict) -> dict:
+        if self.rng is None:
+            wid, _ = _worker()
+            self.rng = np.random.default_rng([self.seed, wid, torch.initial_seed() % 2**31])
+        head = decode_header(sample)
+        kinds = head["record"].get("view_kind") or ["random"] * len(head["c2w"])
+        cand = [i for i, k in enumerate(kinds) if k in self.view_kinds] or list(range(len(kinds)))
+        inp = int(self.rng.choice(cand))
+        if self.input_in_targets:
+            others = [i for i in cand if i != inp] or [inp]
+            rest = self.rng.choice(others, self.k - 1, replace=len(others) < self.k - 1) if self.k > 1 else []
+            targets = [inp] + [int(i) for i in rest]
+        else:
+            others = [i for i in cand if i != inp] or [inp]
+            targets = [int(i) for i in self.rng.choice(others, self.k, replace=len(others) < self.k)]
+        idx = [inp] + targets
+        rgba = np.stack([decode_png(sample[f"{i:03d}.png"]) for i in idx])
+        rgba = torch.from_numpy(rgba).float() / 255.0
+        pm = resize_rgba(rgba, self.size)
+        bg = torch.from_numpy(_background(self.bg, self.rng))
+        rgb = pm[..., :3] + (1 - pm[..., 3:]) * bg
+        c2w = torch.from_numpy(head["c2w"][idx])
+        K = torch.from_numpy(head["intrinsics"][idx])
+        c2w_c, _ = canonicalize(c2w, distance=self.distance)
+        return {
+            "input_image": rgb[0].permute(2, 0, 1).contiguous(),
+            "input_camera": camera_vector(c2w_c[0], K[0]),
+            "target_rgb": rgb[1:].contiguous(),
+            "target_mask": pm[1:, ..., 3].contiguous(),
+            "target_c2w": c2w_c[1:].contiguous(),
+            "target_intrinsics": K[1:].contiguous(),
+            "background": bg,
+            "uid": head["uid"],
+        }
+
+
+def collate(samples: List[dict]) -> dict:
+    keys = [k for k in samples[0] if k != "uid" and not k.startswith("__")]  # webdataset adds __key__/__url__
+    out = {k: torch.stack([s[k] for s in samples]) for k in keys}
+    out["uid"] = [s["uid"] for s in samples]
+    return out
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    path_or_shards: Union[str, Sequence[str]],
+    *,
+    num_views_target: int = 4,
+    image_size: int = 128,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    split: Optional[str] = "train",
+    background="random",
+    rank: int = 0,
+    world_size: int = 1,
+    repeat: bool = True,
+    input_in_targets: bool = False,
+    view_kinds: Sequence[str] = ("random",),
+    canonical_distance: Optional[float] = None,
+    shuffle_buffer: int = 64,
+    drop_last: Optional[bool] = None,
+):
+    """Iterable of training batches (see module docstring). ``path_or_shards``: dataset folder (uses its
+    ``manifest.json`` and ``split``), a glob, a brace pattern, one ``.tar`` or a list of shard files.
+    With ``repeat=True`` it never ends (epochs reshuffle shards); otherwise one pass, last batch partial
+    unless ``drop_last``."""
+    import webdataset as wds
+
+    urls = list_shards(path_or_shards, split)
+    if not urls:
+        raise FileNotFoundError(f"no shards found for {path_or_shards!r} (split={split!r})")
+    reader = _Reader(urls, rank, world_size, shuffle, seed, repeat)
+    stages = [reader]
+    if shuffle and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=max(1, shuffle_buffer // 4), seed=None))
+    dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed)
+    stages.append(wds.map(dec, handler=warn_and_skip))
+    partial = not (repeat if drop_last is None else drop_last)
+    stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
+    pipeline = wds.DataPipeline(*stages)
+    if num_workers == 0:
+        return pipeline
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init,
+                         persistent_workers=False)
+
+
+def read_samples(path, split: Optional[str] = None, views: Optional[Sequence[int]] = None, depth: bool = True,
+                 normals: bool = False) -> Iterator[dict]:
+    """Decoded objects, one dict per sample: ``uid``, ``record``, ``rgba`` uint8 [V,H,W,4], ``c2w`` [V,4,4]
+    (world frame of the normalised object), ``intrinsics`` [V,4], ``depth`` [V,H,W] when stored.
+    Corrupt samples are skipped with a warning."""
+    for s in iter_raw(list_shards(path, split), handler=warn_and_skip):
+        try:
+            yield decode_sample(s, views=views, depth=depth, normals=normals)
+        except Exception as e:  # noqa: BLE001
+            warn_and_skip(e)
