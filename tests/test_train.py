@@ -206,3 +206,23 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert w0["uids"] != w1["uids"]  # the ranks saw different objects
     assert ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints").name == "step_3"
     assert (tmp_path / "ddp" / "checkpoints" / "step_2" / "random_states_1.pkl").is_file()
+
+
+# ------------------------------------------------------------------------------------------ DeepSpeed config
+def test_deepspeed_config_batch_arithmetic():
+    from lrm.training.deepspeed_config import fill_auto, make_deepspeed_config
+
+    cfg = _cfg("train.batch_size=4", "train.grad_accum=3", "train.grad_clip=0.5")
+    ds = make_deepspeed_config(cfg, world_size=8, zero_stage=2)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 3, 96)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"]
+    assert "optimizer" not in ds and "scheduler" not in ds  # the trainer's AdamW + cosine are passed as objects
+    z3 = make_deepspeed_config(cfg, world_size=2, zero_stage=3, precision="no")
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] and not z3["bf16"]["enabled"]
+    auto = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": {"stage": 2}}
+    assert fill_auto(auto, cfg, 8)["train_batch_size"] == 96 and auto["gradient_clipping"] == 0.5
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        fill_auto({"gradient_accumulation_steps": 2}, cfg, 8)
+    with pytest.raises(ValueError):
+        make_deepspeed_config(cfg, world_size=8, zero_stage=4)

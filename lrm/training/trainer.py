@@ -180,6 +180,16 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
             t_mask.reshape(b, k * n), patch)
 
 
+def step_losses(model, raw, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
+    """Loss terms of one micro-batch. ``model`` is the (possibly DDP/DeepSpeed-wrapped) module called for the
+    image -> triplane forward; ``raw`` the unwrapped LRM whose renderer draws the sampled rays."""
+    tri = model(batch["input_image"], batch["input_camera"])
+    rays_o, rays_d, t_rgb, t_mask, patch = sample_rays(batch, tcfg.render, generator)
+    out = raw.render_rays(tri, rays_o, rays_d, randomize=True, background=batch["background"][:, None, :],
+                          generator=generator)
+    return compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model, patch=patch)
+
+
 def _to_device(batch: Dict, device) -> Dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -355,12 +365,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
                 gen = _step_generator(cfg.seed, step, micro, rank, device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        tri = model(batch["input_image"], batch["input_camera"])
-                        rays_o, rays_d, t_rgb, t_mask, patch = sample_rays(batch, tcfg.render, gen)
-                        out = raw.render_rays(tri, rays_o, rays_d, randomize=True,
-                                              background=batch["background"][:, None, :], generator=gen)
-                    terms = compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model,
-                                           patch=patch)
+                        terms = step_losses(model, raw, batch, tcfg, gen, lpips_model)
                     loss = terms["total"]
                     finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
                     if finite and not bad:
