@@ -11,7 +11,7 @@ MICRO = [
     "model.transformer.depth=1", "model.transformer.plane_tokens=4", "model.transformer.camera_embed_dim=48",
     "model.upsampler.channels=8", "model.decoder.hidden=32", "model.decoder.hidden_layers=1",
     "model.render.n_samples=8", "model.render.n_importance=8",
-    "data.image_size=24", "data.num_views_target=2", "train.render.rays_per_view=64",
+    "data.source=synthetic", "data.image_size=24", "data.num_views_target=2", "train.render.rays_per_view=64",
     "train.progress=false", "train.val_every=0", "train.image_every=0", "train.log_every=1",
     "train.warmup_steps=2", "train.lr=1e-3",
 ]

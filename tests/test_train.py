@@ -226,3 +226,62 @@ def test_deepspeed_config_batch_arithmetic():
         fill_auto({"gradient_accumulation_steps": 2}, cfg, 8)
     with pytest.raises(ValueError):
         make_deepspeed_config(cfg, world_size=8, zero_stage=4)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_lpips_missing_weights_warns_and_disables(tmp_path, caplog):
+    cfg = _cfg("train.loss.lpips=0.5", f"train.loss.lpips_path={tmp_path / 'nope.safetensors'}",
+               "train.render.patch_size=16", steps=1)
+    with caplog.at_level("WARNING"):
+        res = train(cfg, output_dir=str(tmp_path / "l"))
+    msgs = [r.getMessage() for r in caplog.records if "LPIPS disabled" in r.getMessage()]
+    assert len(msgs) == 1 and "no download" in msgs[0]
+    assert res["step"] == 1
+
+
+def test_lpips_from_local_file_and_loss_terms(tmp_path):
+    from safetensors.torch import save_file
+
+    from lrm.training.losses import LPIPS, compute_losses, load_lpips, tv_loss
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    ref = LPIPS()
+    for lin in ref.lins:
+        torch.nn.init.uniform_(lin.weight, 0.0, 0.1)
+    sd = {k: v.half() for k, v in ref.state_dict().items() if k.startswith("features.")}
+    sd.update({f"lin{i}.model.1.weight": lin.weight.half() for i, lin in enumerate(ref.lins)})  # lpips naming
+    save_file(sd, str(tmp_path / "lpips_vgg.safetensors"))
+    m = load_lpips(str(tmp_path / "lpips_vgg.safetensors"))
+    assert torch.equal(m.lins[2].weight, ref.lins[2].weight.half().float())
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert torch.allclose(m(x, x), torch.zeros(2), atol=1e-6) and (m(x, y) > 0).all()
+    # loss terms on patch-shaped ray batches: B=1, K=2 patches of 16² -> 512 rays
+    out = {"rgb": torch.rand(1, 512, 3, requires_grad=True), "opacity": torch.rand(1, 512)}
+    lcfg = OmegaConf.create({"rgb": 1.0, "mask": 0.5, "lpips": 0.2, "tv": 0.1})
+    tri = torch.rand(1, 3, 4, 8, 8)
+    t = compute_losses(out, torch.rand(1, 512, 3), torch.rand(1, 512), lcfg, triplanes=tri, lpips_model=m, patch=16)
+    assert set(t) == {"rgb", "mask", "lpips", "tv", "total"}
+    expect = t["rgb"] + 0.5 * t["mask"] + 0.2 * t["lpips"] + 0.1 * t["tv"]
+    assert torch.allclose(t["total"], expect)
+    t["total"].backward()
+    assert out["rgb"].grad.abs().sum() > 0
+    assert tv_loss(torch.ones(1, 3, 2, 5, 5)) == 0
+
+
+@pytest.mark.parametrize("name,kind,stage", [("single_gpu", "NO", None), ("multi_gpu", "MULTI_GPU", None),
+                                             ("deepspeed_zero2", "DEEPSPEED", 2), ("deepspeed_zero3", "DEEPSPEED", 3)])
+def test_accelerate_config_files(name, kind, stage):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from lrm.training.deepspeed_config import fill_auto
+
+    c = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert c.distributed_type.value == kind
+    if stage is None:
+        return
+    ds = json.loads((ROOT / c.deepspeed_config["deepspeed_config_file"]).read_text())
+    assert ds["zero_optimization"]["stage"] == stage
+    cfg = _cfg("train.batch_size=2", "train.grad_accum=4")
+    fill_auto(ds, cfg, c.num_processes)
+    assert ds["train_batch_size"] == 2 * 4 * 8 and ds["train_micro_batch_size_per_gpu"] == 2

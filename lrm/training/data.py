@@ -94,9 +94,34 @@ class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk
         return batch
 
 
+def shards_available(cfg) -> bool:
+    from pathlib import Path
+
+    p = Path(str(cfg.data.path))
+    has = (p / "manifest.json").is_file() or any(p.glob("**/*.tar")) if p.is_dir() else p.suffix == ".tar"
+    if not has:
+        return False
+    try:
+        from lrm.data import make_loader  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_source(cfg) -> str:
+    kind = str(cfg.data.source)
+    if kind != "auto":
+        return kind
+    if shards_available(cfg):
+        return "shards"
+    log.warning("data.source=auto: no shards at data.path=%s (or lrm.data missing): training on synthetic "
+                "objects. Build shards with data/build.py or set data.path", cfg.data.path)
+    return "synthetic"
+
+
 def make_source(cfg, split: str = "train", rank: int = 0, world_size: int = 1, batch_size: Optional[int] = None):
     bs = int(batch_size or cfg.train.batch_size)
-    kind = cfg.data.source
+    kind = resolve_source(cfg)
     if kind == "synthetic":
         return SyntheticSource(cfg, split, rank, world_size, bs)
     if kind == "shards":

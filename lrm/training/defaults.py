@@ -8,10 +8,11 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 DATA_DEFAULTS = {
-    # "synthetic": analytic primitives rendered on the fly (lrm/training/synthetic.py), for tests and smoke
-    # runs; "shards": webdataset shards through lrm.data.make_loader.
-    "source": "synthetic",
-    "path": "data/shards",  # shards folder (source=shards)
+    # "shards": webdataset shards through lrm.data.make_loader; "synthetic": analytic primitives rendered on
+    # the fly (lrm/training/synthetic.py), for tests and smoke runs; "auto": shards when data.path holds
+    # shards and lrm.data is available, else synthetic (with a warning).
+    "source": "auto",
+    "path": "data/shards/default",  # shards folder (data/build.py --out ...)
     "val_path": None,  # validation shards (default: the same folder, split="val")
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step
@@ -56,7 +57,8 @@ TRAIN_DEFAULTS = {
     },
     "log_every": 10,
     "val_every": 200,
-    "val_views": 2,  # validation views rendered per object (full images)
+    "val_views": 2,
+    "val_batch_size": 4,  # objects in the fixed validation batch  # validation views rendered per object (full images)
     "val_resolution": None,  # default data.image_size
     "image_every": 200,
     "ckpt_every": 500,

@@ -95,7 +95,7 @@ class SyntheticMultiView:
         s = cfg_data.synthetic
         self.size = int(cfg_data.image_size)
         self.k = int(cfg_data.num_views_target)
-        self.background = cfg_data.background
+        self.background = cfg_data.background if split == "train" else "white"
         self.split = split
         self.seed = int(seed)
         self.num_objects = int(s.num_objects) if split == "train" else int(s.num_val_objects)

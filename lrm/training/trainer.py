@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import cameras as cam
 from ..config import load_config, save_config
 from . import checkpoint as ckpt
-from .data import check_batch, make_source
+from .data import check_batch, make_source, resolve_source
 from .defaults import apply_defaults
 from .export import export_state_dict, is_export_dir, load_export
 from .losses import compute_losses, load_lpips, mask_iou, psnr
@@ -226,6 +226,18 @@ def validate(model, batch: Dict, resolution: int, n_views: int) -> Dict[str, tor
             "pred": out["rgb"].clamp(0, 1), "target": tgt}
 
 
+def fixed_val_batch(cfg) -> Dict:
+    """The validation batch logged throughout a run: the first batch of the val split (white background)."""
+    n = int(cfg.train.val_batch_size)
+    if resolve_source(cfg) == "synthetic":
+        n = min(n, max(1, int(cfg.data.synthetic.num_val_objects)))
+    try:
+        return make_source(cfg, "val", 0, 1, batch_size=n).get(0)
+    except FileNotFoundError as e:  # no val shards (tiny data sets): use training objects, say so
+        log.warning("no validation split (%s); validating on the first training batch", e)
+        return make_source(cfg, "train", 0, 1, batch_size=n).get(0)
+
+
 def image_grid(batch: Dict, val: Dict) -> torch.Tensor:
     """[3, H, W] grid: per object, row 1 input + targets, row 2 blank + predictions."""
     pred, tgt = val["pred"].float().cpu(), val["target"].float().cpu()
@@ -272,7 +284,6 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     run_dir = Path(output_dir or Path(tcfg.output_root) / (tcfg.run_name or cfg.name))
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     ckpt_root = run_dir / "checkpoints"
 
     resume_dir, init_dir = resolve_resume(resume, run_dir)
@@ -300,6 +311,10 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     raw = accelerator.unwrap_model(model)
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
+    with open_dict(cfg):
+        cfg.data.source = resolve_source(cfg)  # "auto" decided once, recorded in the run's config
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
     source = make_source(cfg, "train", rank, world)
     source.start(state.position)
     lpips_model = load_lpips(tcfg.loss.lpips_path) if float(tcfg.loss.lpips) > 0 else None
@@ -308,8 +323,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     val_res = int(tcfg.val_resolution or cfg.data.image_size)
     val_batch = None
     if int(tcfg.val_every) > 0 or int(tcfg.image_every) > 0:
-        val_src = make_source(cfg, "val", 0, 1, batch_size=min(4, max(1, int(cfg.data.synthetic.num_val_objects))))
-        val_batch = _to_device(val_src.get(0), device)
+        val_batch = _to_device(fixed_val_batch(cfg), device)
 
     writer = None
     if is_main:
@@ -410,7 +424,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
             for k, v in terms_acc.items():
                 window["terms"][k] = window["terms"].get(k, 0.0) + v
             rec = {"step": state.step, "loss": terms_acc.get("total", float("nan")), "grad_norm": grad_norm,
-                   "lr": scheduler.get_last_lr()[0], "skipped": reason is not None}
+                   "lr": scheduler.get_last_lr()[0], "skipped": reason is not None, "time": time.time()}
             history.append(rec)
             if is_main and (state.step % max(1, int(tcfg.log_every)) == 0 or state.step == max_steps):
                 dt = max(1e-9, time.time() - window["t0"])
