@@ -48,7 +48,7 @@ def measure_step(name: str, steps: int, threads: int, extra) -> dict:
     from lrm.models import build_model
     from lrm.training.data import make_source
     from lrm.training.optim import make_optimizer
-    from lrm.training.trainer import _step_generator, build_config, step_losses
+    from lrm.training.trainer import TrainStep, _step_generator, build_config, step_losses
 
     torch.set_num_threads(threads)
     cfg = build_config(name, STEP_OVERRIDES.get(name, []) + list(extra))
@@ -56,12 +56,13 @@ def measure_step(name: str, steps: int, threads: int, extra) -> dict:
     model = build_model(cfg)
     model.train()
     opt = make_optimizer(model, cfg.train)
+    step = TrainStep(model)
     batch = make_source(cfg, "train", 0, 1).get(0)  # fixed batch: data loading excluded
     rss_before = _rss_gb()
     times, fwd = [], []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        terms = step_losses(model, model, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
+        terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
         t1 = time.perf_counter()
         terms["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

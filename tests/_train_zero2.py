@@ -12,7 +12,7 @@ from lrm.models import build_model
 from lrm.training.data import make_source
 from lrm.training.deepspeed_config import make_deepspeed_config
 from lrm.training.optim import make_optimizer, make_scheduler
-from lrm.training.trainer import _step_generator, build_config, step_losses
+from lrm.training.trainer import TrainStep, _step_generator, build_config, step_losses
 
 out, stage = Path(sys.argv[1]), int(sys.argv[2])
 cfg = build_config("tiny", sys.argv[3:], max_steps=4)
@@ -24,12 +24,12 @@ init = {k: v.clone() for k, v in model.state_dict().items()}
 opt = make_optimizer(model, cfg.train)
 sched = make_scheduler(opt, cfg.train)
 ds_cfg = make_deepspeed_config(cfg, world, zero_stage=stage, precision="no")
-engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
+engine, _, _, _ = deepspeed.initialize(model=TrainStep(model), optimizer=opt, lr_scheduler=sched, config=ds_cfg)
 src = make_source(cfg, "train", rank, world)
 losses, pos = [], 0
 for step in range(int(cfg.train.max_steps)):
     for micro in range(int(cfg.train.grad_accum)):
-        terms = step_losses(engine, model, src.get(pos), cfg.train, _step_generator(0, step, micro, rank, "cpu"))
+        terms = step_losses(engine, src.get(pos), cfg.train, _step_generator(0, step, micro, rank, "cpu"))
         pos += 1
         engine.backward(terms["total"])
         engine.step()

@@ -19,6 +19,15 @@ from lrm.training import checkpoint as ckpt
 from lrm.training.trainer import build_config, check_world_size, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the CI box has 2 cores shared with other jobs (OpenMP oversubscription is slow)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _cfg(*extra, steps=4):
     return build_config("tiny", MICRO + list(extra), max_steps=steps)
 

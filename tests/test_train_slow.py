@@ -37,7 +37,7 @@ OVERFIT = ["data.source=synthetic", "data.image_size=32", "data.num_views_target
            "data.synthetic.num_objects=1", "data.synthetic.views_per_object=8", "data.synthetic.fixed_input_view=true",
            "train.render.rays_per_view=256", "train.lr=1e-3", "train.warmup_steps=20", "train.min_lr_ratio=0.05",
            "train.val_every=0", "train.image_every=0", "train.ckpt_every=0", "train.log_every=25",
-           "train.progress=false"]
+           "train.progress=false", "train.threads=1"]
 
 
 def training_view_psnr(model, cfg):

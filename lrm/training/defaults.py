@@ -66,7 +66,10 @@ TRAIN_DEFAULTS = {
     "max_nonfinite": 20,  # abort after this many non-finite steps in a row
     "max_bad_batches": 100,  # abort after this many unreadable batches in a row
     "init_from": None,  # exported model folder (model.safetensors + config.yaml) to start from
-    "progress": True,  # tqdm bar on the main process
+    "progress": True,
+    # torch intra-op threads per process on CPU (0 = torch's default). On a shared/loaded machine 1 is often
+    # several times faster than oversubscribed OpenMP threads; launchers set OMP_NUM_THREADS per process.
+    "threads": 0,  # tqdm bar on the main process
     "deepspeed": {"zero_stage": 2, "offload_optimizer": False, "offload_param": False},
 }
 

@@ -180,13 +180,25 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
             t_mask.reshape(b, k * n), patch)
 
 
-def step_losses(model, raw, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
-    """Loss terms of one micro-batch. ``model`` is the (possibly DDP/DeepSpeed-wrapped) module called for the
-    image -> triplane forward; ``raw`` the unwrapped LRM whose renderer draws the sampled rays."""
-    tri = model(batch["input_image"], batch["input_camera"])
+class TrainStep(torch.nn.Module):
+    """The LRM plus its ray rendering as ONE forward, so DDP / DeepSpeed (ZeRO-3 included) see every
+    parameter use inside the wrapped module's forward. State-dict keys get the prefix ``lrm.``."""
+
+    def __init__(self, lrm: torch.nn.Module):
+        super().__init__()
+        self.lrm = lrm
+
+    def forward(self, images, cameras, rays_o, rays_d, background, generator=None):
+        tri = self.lrm(images, cameras)
+        out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=generator)
+        return out, tri
+
+
+def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
+    """Loss terms of one micro-batch through a (possibly DDP/DeepSpeed-wrapped) :class:`TrainStep`."""
     rays_o, rays_d, t_rgb, t_mask, patch = sample_rays(batch, tcfg.render, generator)
-    out = raw.render_rays(tri, rays_o, rays_d, randomize=True, background=batch["background"][:, None, :],
-                          generator=generator)
+    out, tri = step_module(batch["input_image"], batch["input_camera"], rays_o, rays_d,
+                           batch["background"][:, None, :], generator)
     return compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model, patch=patch)
 
 
@@ -290,6 +302,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     if init_dir is None and tcfg.init_from:
         init_dir = Path(tcfg.init_from)
 
+    if int(tcfg.threads) > 0 and accelerator.device.type == "cpu":
+        torch.set_num_threads(int(tcfg.threads))
     set_seed(int(cfg.seed))
     model = build_model(cfg)
     if init_dir is not None and resume_dir is None:
@@ -299,7 +313,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     model.train()
     optimizer = make_optimizer(model, tcfg)
     scheduler = make_scheduler(optimizer, tcfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(TrainStep(model), optimizer, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_dir is not None:
@@ -308,7 +322,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     elif resume == "latest" and is_main:
         log.info("--resume latest: no checkpoint in %s, starting from scratch", ckpt_root)
 
-    raw = accelerator.unwrap_model(model)
+    raw = accelerator.unwrap_model(model).lrm
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     with open_dict(cfg):
@@ -379,7 +393,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
                 gen = _step_generator(cfg.seed, step, micro, rank, device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        terms = step_losses(model, raw, batch, tcfg, gen, lpips_model)
+                        terms = step_losses(model, batch, tcfg, gen, lpips_model)
                     loss = terms["total"]
                     finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
                     if finite and not bad:
@@ -465,7 +479,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
         export_dir = run_dir / "model"
         sd = accelerator.get_state_dict(model)  # collective (gathers ZeRO-3 shards)
         if is_main:
-            export_state_dict(sd, cfg, export_dir)
+            export_state_dict({k[len("lrm."):]: v for k, v in sd.items()}, cfg, export_dir)
             if interrupted:
                 log.warning("stopped by signal at step %d; checkpoint %s. Continue with --resume latest",
                             state.step, ckpt_root / f"step_{state.step}")
