@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Training-step speed and memory on CPU: seconds/step and peak RSS for tiny and small at a fixed batch
+(data loading excluded, as in shared/reference-figures.md), and trainer throughput with 1 vs 2 processes.
+
+    python benchmarks/bench_train.py                      # tiny + small step table, 1 vs 2 processes (tiny)
+    python benchmarks/bench_train.py --configs small --steps 5 --checkpoint-render
+
+Each measurement runs in its own process (clean peak RSS). ``small`` is set to reference configuration (a):
+224² input, ViT 384x6, transformer 512x6, 3x32x64² planes, 48+48 samples, 2 supervised views x 64x64 rays,
+loss MSE + TV, AdamW, batch 1 object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Reference figures (OpenLRM's own trainer on this kind of machine, 2 threads, fp32): shared/reference-figures.md
+REFERENCE = {"small": {"s_per_step": 9.70, "peak_rss_gb": 3.93}}
+
+STEP_OVERRIDES = {
+    "tiny": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+             "train.render.rays_per_view=512", "train.loss.tv=0.0"],
+    "small": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+              "train.render.rays_per_view=4096", "train.loss.tv=0.01"],  # 2 views x 64x64 rays, MSE + TV
+}
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
+
+
+def measure_step(name: str, steps: int, threads: int, extra) -> dict:
+    """In this process: median seconds of a full optimiser step (forward, render, losses, backward, AdamW)."""
+    import torch
+
+    from lrm.models import build_model
+    from lrm.training.data import make_source
+    from lrm.training.optim import make_optimizer
+    from lrm.training.trainer import TrainStep, _step_generator, build_config, step_losses
+
+    torch.set_num_threads(threads)
+    cfg = build_config(name, STEP_OVERRIDES.get(name, []) + list(extra))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    opt = make_optimizer(model, cfg.train)
+    step = TrainStep(model)
+    batch = make_source(cfg, "train", 0, 1).get(0)  # fixed batch: data loading excluded
+    rss_before = _rss_gb()
+    times, fwd = [], []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
+        t1 = time.perf_counter()
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if i > 0:  # the first step warms allocators and caches
+            times.append(t2 - t0)
+            fwd.append(t1 - t0)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"config": name, "params_m": n_params / 1e6, "s_per_step": statistics.median(times),
+            "forward_s": statistics.median(fwd), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
+            "threads": threads, "steps": steps, "extra": list(extra)}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_procs(nproc: int, steps: int, extra) -> dict:
+    """Trainer throughput (objects/s, steady state) on tiny with nproc processes sharing the machine's cores."""
+    out = Path(tempfile.mkdtemp(prefix=f"bench_train_{nproc}p_"))
+    threads = max(1, (os.cpu_count() or 2) // nproc)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    # the run folder is the last argument; everything before it is key=value overrides
+    code = ("import json,sys\nfrom lrm.training.trainer import build_config, train\n"
+            "cfg = build_config('tiny', sys.argv[2:-1], max_steps=int(sys.argv[1]))\n"
+            "r = train(cfg, output_dir=sys.argv[-1])\n"
+            "h, a = r['history'], r['accelerator']\n"
+            "if a.is_main_process:\n"
+            "    print('RESULT', json.dumps({'dt': h[-1]['time'] - h[1]['time'], 'steps': len(h) - 2,"
+            " 'world': a.num_processes}))\n")
+    script = out / "run.py"
+    script.write_text(code)
+    args = [str(steps), *STEP_OVERRIDES["tiny"], "train.progress=false", "train.val_every=0", "train.image_every=0",
+            "train.ckpt_every=0", "train.log_every=1000", *extra, str(out / "run")]
+    if nproc == 1:
+        cmd = [sys.executable, str(script), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(_free_port()), str(script), *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+    if r.returncode or not line:
+        raise RuntimeError(r.stderr[-3000:])
+    res = json.loads(line[0][7:])
+    res["objects_per_s"] = res["steps"] * res["world"] / res["dt"]
+    res["s_per_step"] = res["dt"] / res["steps"]
+    res["threads_per_proc"] = threads
+    return res
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--proc-steps", type=int, default=12, help="trainer steps per run for 1 vs 2 processes (0: skip)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    a = p.parse_args()
+    if a.one:
+        print("RESULT " + json.dumps(measure_step(a.one, a.steps, a.threads, a.overrides)))
+        return
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at start; torch threads {a.threads}, fp32")
+    results = []
+    for name in a.configs:
+        r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
+                            str(a.threads), *a.overrides], capture_output=True, text=True)
+        line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+        if r.returncode or not line:
+            print(f"{name}: failed\n{r.stderr[-2000:]}")
+            continue
+        results.append(json.loads(line[0][7:]))
+    print("\n| config | params | s/step (median) | forward s | peak RSS | reference s/step | reference RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        ref = REFERENCE.get(r["config"], {})
+        print(f"| {r['config']} | {r['params_m']:.1f} M | {r['s_per_step']:.2f} | {r['forward_s']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | {ref.get('peak_rss_gb', '-')} GB |")
+    procs = []
+    if a.proc_steps > 0:
+        for n in (1, 2):
+            try:
+                procs.append(measure_procs(n, a.proc_steps, a.overrides))
+            except RuntimeError as e:
+                print(f"{n} processes: failed\n{e}")
+        print("\n| processes | threads each | s/step | objects/s (tiny, batch 1 per process) |")
+        print("|---|---|---|---|")
+        for r in procs:
+            print(f"| {r['world']} | {r['threads_per_proc']} | {r['s_per_step']:.3f} | {r['objects_per_s']:.2f} |")
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"steps": results, "procs": procs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

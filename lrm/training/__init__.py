@@ -1,0 +1,1 @@
+"""Training: ``lrm.training.trainer.main`` is what ``train.py`` runs (docs/training.md)."""

@@ -1,0 +1,91 @@
+"""Defaults of the free-form ``data`` and ``train`` config sections (owned by the trainer).
+
+``apply_defaults(cfg)`` merges them under whatever the YAML file and the command line set, and rejects
+unknown keys in these sections so typos fail loudly, as they do in the ``model`` section.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+DATA_DEFAULTS = {
+    # "shards": webdataset shards through lrm.data.make_loader; "synthetic": analytic primitives rendered on
+    # the fly (lrm/training/synthetic.py), for tests and smoke runs; "auto": shards when data.path holds
+    # shards and lrm.data is available, else synthetic (with a warning).
+    "source": "auto",
+    "path": "data/shards/default",  # shards folder (data/build.py --out ...)
+    "val_path": None,  # validation shards (default: the same folder, split="val")
+    "image_size": 64,  # input and supervision resolution delivered by the loader
+    "num_views_target": 2,  # K supervision views per object and step
+    "background": "random",  # random | white
+    "num_workers": 2,
+    "resume_mode": "reseed",  # shards: on resume re-seed the stream (reseed) or skip consumed batches (skip)
+    "synthetic": {
+        "num_objects": 0,  # 0 = a fresh object per sample; N = a fixed set of N objects
+        "views_per_object": 0,  # 0 = fresh random cameras per sample; N = each object has a fixed set of N views
+        "fixed_input_view": False,  # always use view 0 as input (with views_per_object > 0)
+        "max_primitives": 3,
+        "elevation_range": [-10.0, 45.0],
+        "corrupt_every": 0,  # every n-th sample is corrupt (raises), to test robustness; 0 = never
+        "num_val_objects": 4,
+    },
+}
+
+TRAIN_DEFAULTS = {
+    "run_name": None,  # runs/<run_name>; default: the config's name
+    "output_root": "runs",
+    "max_steps": 1000,  # optimiser steps
+    "batch_size": 1,  # objects per process and micro-batch
+    "grad_accum": 1,
+    "lr": 4.0e-4,
+    "min_lr_ratio": 0.1,  # cosine decays to lr * min_lr_ratio
+    "warmup_steps": 100,
+    "betas": [0.9, 0.95],
+    "weight_decay": 0.05,
+    "eps": 1.0e-8,
+    "grad_clip": 1.0,
+    "mixed_precision": "auto",  # auto (bf16 on CUDA when supported, launcher's choice if set) | no | bf16 | fp16
+    "render": {
+        "rays_per_view": 1024,  # random pixels per supervision view (0 = all pixels)
+        "patch_size": 0,  # > 0: one random patch of this side per view instead of random pixels
+    },
+    "loss": {
+        "rgb": 1.0,
+        "mask": 0.5,  # MSE between rendered opacity and the target alpha
+        "lpips": 0.0,  # needs patches (render.patch_size >= 16) and loss.lpips_path
+        "lpips_path": None,  # local file with VGG16 + LPIPS head weights; missing -> warning, term off
+        "tv": 0.0,  # total variation of the triplane features
+    },
+    "log_every": 10,
+    "val_every": 200,
+    "val_views": 2,
+    "val_batch_size": 4,  # objects in the fixed validation batch  # validation views rendered per object (full images)
+    "val_resolution": None,  # default data.image_size
+    "image_every": 200,
+    "ckpt_every": 500,
+    "keep_last": 3,
+    "max_nonfinite": 20,  # abort after this many non-finite steps in a row
+    "max_bad_batches": 100,  # abort after this many unreadable batches in a row
+    "init_from": None,  # exported model folder (model.safetensors + config.yaml) to start from
+    "progress": True,
+    # torch intra-op threads per process on CPU (0 = torch's default). On a shared/loaded machine 1 is often
+    # several times faster than oversubscribed OpenMP threads; launchers set OMP_NUM_THREADS per process.
+    "threads": 0,  # tqdm bar on the main process
+    "deepspeed": {"zero_stage": 2, "offload_optimizer": False, "offload_param": False},
+}
+
+
+def apply_defaults(cfg: DictConfig) -> DictConfig:
+    """Return a copy of ``cfg`` with the trainer's defaults under its ``data`` and ``train`` sections."""
+    cfg = cfg.copy()
+    for key, defaults in (("data", DATA_DEFAULTS), ("train", TRAIN_DEFAULTS)):
+        base = OmegaConf.create(defaults)
+        given = cfg.get(key) or OmegaConf.create({})
+        OmegaConf.set_struct(base, True)  # unknown keys -> error
+        try:
+            merged = OmegaConf.merge(base, given)
+        except Exception as e:  # omegaconf ConfigKeyError: name the section
+            raise ValueError(f"unknown key in the {key!r} config section: {e}") from None
+        OmegaConf.set_struct(merged, False)
+        with open_dict(cfg):
+            cfg[key] = merged
+    return cfg
