@@ -1,0 +1,1 @@
+"""Evaluation harness: one protocol for every method (docs/evaluation.md)."""
