@@ -143,18 +143,20 @@ def plot_time_vs_quality(records, path: Path) -> Optional[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     names = list(OrderedDict.fromkeys(r["method"] for r in ok))
+    handles = []
     for ax, (k, lab) in zip(axes, [("fscore@0.02", "F@0.02"), ("psnr", "PSNR (dB)")]):
+        handles = []
         for i, n in enumerate(names):
             rs = [r for r in ok if r["method"] == n and _val(r, k) is not None]
             t = [max(r.get("external_time_s") or r["time_s"], 1e-4) for r in rs]
-            ax.scatter(t, [r[k] for r in rs], label=n, color=f"C{i % 10}", s=18)
+            handles.append(ax.scatter(t, [r[k] for r in rs], color=f"C{i % 10}", s=18))
             if rs:
                 ax.scatter([np.mean(t)], [np.mean([r[k] for r in rs])], color=f"C{i % 10}", marker="*", s=140,
                            edgecolor="k")
         ax.set_xscale("log")
         ax.set_xlabel("wall time per object (s, log)")
         ax.set_ylabel(lab)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[1].legend(handles, names, fontsize=7, loc="best")
     fig.suptitle("time vs quality (dots: objects, stars: means)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -174,17 +176,19 @@ def plot_sweeps(summary, out: Path) -> List[Path]:
         metrics = [("chamfer", "CD ↓"), ("fscore@0.02", "F@0.02 ↑"), ("volume_iou", "IoU ↑"), ("psnr", "PSNR ↑"),
                    ("time_s", "time s")]
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 2.8))
+        handles = []
         for ax, (m, lab) in zip(axes, metrics):
+            handles = []
             for i, (base, pts) in enumerate(bases.items()):
                 pts = sorted(pts, key=lambda x: (isinstance(x[0], str), x[0]))
                 xs = [str(v) for v, _ in pts]
                 ys = [s["stats"].get(m, (np.nan, 0, 0))[0] for _, s in pts]
                 es = [s["stats"].get(m, (np.nan, 0, 0))[1] for _, s in pts]
-                ax.errorbar(range(len(xs)), ys, yerr=es, marker="o", capsize=3, label=base, color=f"C{i % 10}")
+                handles.append(ax.errorbar(range(len(xs)), ys, yerr=es, marker="o", capsize=3, color=f"C{i % 10}"))
                 ax.set_xticks(range(len(xs)), xs)
             ax.set_xlabel(key)
             ax.set_title(lab, fontsize=9)
-        axes[0].legend(fontsize=7)
+        axes[0].legend(handles, list(bases), fontsize=7)
         fig.tight_layout()
         p = out / f"sweep_{''.join(c if c.isalnum() else '_' for c in key)}.png"
         fig.savefig(p, dpi=110)
