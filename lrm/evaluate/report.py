@@ -27,12 +27,14 @@ TABLE_METRICS = [
     ("mask_iou", "mask IoU ↑", True),
     ("lpips", "LPIPS ↓", False),
     ("time_s", "time s", False),
+    ("external_time_s", "tool time s", False),
     ("peak_mem_mb", "peak MB", False),
+    ("mem_increase_mb", "+MB", False),
 ]
 CSV_COLUMNS = ["method", "base_method", "params", "uid", "status", "error", "oracle", "aligned", "chamfer",
                "chamfer_pred_to_gt", "chamfer_gt_to_pred", "fscore@0.02", "fscore@0.05", "fscore@0.1", "volume_iou",
                "psnr", "ssim", "mask_iou", "lpips", "time_s", "external_time_s", "setup_s", "align_s", "render_s",
-               "peak_mem_mb", "mem_kind", "device", "inside_test", "render_source", "align_chamfer", "align_scale"]
+               "peak_mem_mb", "mem_increase_mb", "mem_kind", "empty_mesh", "device", "inside_test", "render_source", "align_chamfer", "align_scale"]
 
 
 def _val(r: dict, k: str) -> Optional[float]:
@@ -67,6 +69,7 @@ def summarize(records: Sequence[dict]) -> "OrderedDict[str, dict]":
             continue
         s["n_ok"] += 1
         s["aligned"] |= bool(r.get("aligned"))
+        s["n_empty"] = s.get("n_empty", 0) + bool(r.get("empty_mesh"))
         for k, _, _ in TABLE_METRICS:
             v = _val(r, k)
             if v is not None:
@@ -83,7 +86,7 @@ def _fmt(k: str, mean: float, std: float) -> str:
         return f"{mean:.2f} ± {std:.2f}"
     if k in ("time_s",):
         return f"{mean:.2f} ± {std:.2f}"
-    if k in ("peak_mem_mb",):
+    if k in ("peak_mem_mb", "mem_increase_mb"):
         return f"{mean:.0f} ± {std:.0f}"
     return f"{mean:.3f} ± {std:.3f}"
 
@@ -114,7 +117,7 @@ def _plt():
 
 def plot_metric_bars(summary, path: Path) -> Optional[Path]:
     keys = [(k, lab) for k, lab, _ in TABLE_METRICS
-            if k not in ("time_s", "peak_mem_mb") and any(k in s["stats"] for s in summary.values())]
+            if k not in ("time_s", "external_time_s", "peak_mem_mb", "mem_increase_mb") and any(k in s["stats"] for s in summary.values())]
     if not keys:
         return None
     plt = _plt()
@@ -266,6 +269,13 @@ def write_report(out: Path, records: Sequence[dict], run_info: Optional[dict] = 
              "from the single input view. Time is the method's wall time per object (image → mesh/renderer; "
              "alignment and metric rendering excluded); memory is the process peak RSS on CPU or "
              "`torch.cuda.max_memory_allocated` on GPU.")
+    empties = [f"`{n}` on {s['n_empty']}/{s['n_ok']}" for n, s in summary.items() if s.get("n_empty")]
+    if empties:
+        L.append("Empty predictions (no surface; F-scores and IoU count as 0, Chamfer is left out of the mean): "
+                 + ", ".join(empties) + ".")
+    L.append("`tool time s` is the time an outside tool reported for itself (`timings.json`); `time s` for "
+             "`meshes:` methods is only loading. `peak MB` is the process's peak during the method (it includes "
+             "whatever earlier methods left loaded), `+MB` the increase over the method's start.")
     if lpips_notes:
         L.append(f"LPIPS: {'; '.join(lpips_notes)}.")
     failed = {n: s["failed"] for n, s in summary.items() if s["failed"]}

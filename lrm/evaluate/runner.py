@@ -123,6 +123,7 @@ class PeakMemory:
     def __init__(self, device: str = "cpu", interval: float = 0.01):
         self.device, self.interval = str(device), interval
         self.peak_mb: Optional[float] = None
+        self.start_mb: Optional[float] = None
         self.kind = "rss"
 
     def __enter__(self):
@@ -130,6 +131,7 @@ class PeakMemory:
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2 ** 20
             self.kind = "cuda_max_allocated"
             return self
         try:
@@ -137,6 +139,7 @@ class PeakMemory:
 
             proc = psutil.Process()
             self._peak = proc.memory_info().rss
+            self.start_mb = self._peak / 2 ** 20
             self._stop = threading.Event()
 
             def sample():
@@ -225,7 +228,13 @@ def score(pred: Prediction, obj: EvalObject, gt: dict, protocol: dict, aligned_m
         out["volume_iou"] = float(np.logical_and(occ_p, gt["occ"]).sum() / union) if union else 1.0
         out["inside_test"] = how
     else:
-        out["geometry_note"] = "no mesh (empty prediction): geometry metrics not computed"
+        # an empty prediction covers nothing: F-scores and IoU are 0, Chamfer is undefined (left out of means)
+        out.update({f"fscore@{t:g}": 0.0 for t in p["fscore_taus"]})
+        out.update({f"precision@{t:g}": 0.0 for t in p["fscore_taus"]})
+        out.update({f"recall@{t:g}": 0.0 for t in p["fscore_taus"]})
+        out["volume_iou"] = 0.0 if gt["occ"].any() else 1.0
+        out["empty_mesh"] = True
+        out["geometry_note"] = "no mesh (empty prediction): F-scores and IoU 0, Chamfer undefined"
     c2w, intr = obj.c2w[obj.novel_indices], obj.intrinsics[obj.novel_indices]
     res = int(p["resolution"])
     t = time.perf_counter()
@@ -297,6 +306,8 @@ def run_object(method: Method, variant: Variant, obj: EvalObject, ctx: RunContex
                 pred = method.predict(obj, ctx)
             rec["time_s"] = time.perf_counter() - t0
             rec["peak_mem_mb"], rec["mem_kind"] = mem.peak_mb, mem.kind
+            if mem.start_mb is not None:
+                rec["mem_increase_mb"] = max(0.0, mem.peak_mb - mem.start_mb)
             if pred.external_time_s is not None:
                 rec["external_time_s"] = pred.external_time_s
             rec["info"] = pred.info
