@@ -151,6 +151,7 @@ def _cli(*args):
     (["--eval-set", "/tmp", "--method", "nosuchmethod"], "unknown method 'nosuchmethod'"),
     (["--eval-set", "/tmp", "--method", "lrm+sds"], "not available yet"),
     (["--eval-set", "/tmp", "--method", "sphere", "--sweep", "nokey=1,2"], "no selected method has a parameter"),
+    (["--eval-set", "/tmp", "--method", "sphere,meshes:/nonexistent/dir"], "meshes: no such folder"),
 ])
 def test_cli_bad_input_is_one_line(args, needle):
     r = _cli(*args)

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-objects", type=int, default=0, help="evaluate only the first N objects")
     ap.add_argument("--retry-failed", action="store_true", help="rerun objects recorded as failed")
     ap.add_argument("--save-meshes", action="store_true", help="also write each (aligned) predicted mesh")
+    ap.add_argument("--mesh-renderer", default=None, metavar="MODULE:FUNC",
+                    help="mesh renderer for mesh-only methods, render_mesh(mesh, c2w, intrinsics, resolution) -> "
+                         "(rgba, depth) (default: lrm.evaluate.raster.render_mesh). Use the same renderer that "
+                         "made the eval set's GT views")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
@@ -98,9 +102,19 @@ def _run(args) -> int:
 
         if not torch.cuda.is_available():
             return fail("--device cuda asked for but no CUDA device is available")
+    mesh_renderer = None
+    if args.mesh_renderer:
+        import importlib
+
+        mod, _, fn = args.mesh_renderer.partition(":")
+        try:
+            mesh_renderer = getattr(importlib.import_module(mod), fn or "render_mesh")
+        except (ImportError, AttributeError) as e:
+            return fail(f"--mesh-renderer {args.mesh_renderer}: {e}")
     out = Path(args.out or Path("runs") / "eval" / es.root.name)
     opts = RunOptions(out=out, align=args.align, timeout_s=args.timeout or None, device=device, seed=args.seed,
                       retry_failed=args.retry_failed, save_meshes=args.save_meshes, max_objects=args.max_objects,
+                      mesh_renderer=mesh_renderer,
                       progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
     t = time.perf_counter()
     records = run(es, variants, opts)

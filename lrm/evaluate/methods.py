@@ -266,12 +266,15 @@ class MeshFolder(Method):
 
     canonical_frame = False
 
-    def setup(self, ctx):
+    def __init__(self, arg=None, **params):
+        super().__init__(arg, **params)
         if not self.arg:
             raise MethodError("meshes needs a folder: --method meshes:DIR")
         self.folder = Path(self.arg)
         if not self.folder.is_dir():
             raise MethodError(f"meshes: no such folder {self.folder}")
+
+    def setup(self, ctx):
         t = self.folder / "timings.json"
         self.timings = json.loads(t.read_text()) if t.is_file() else {}
 
