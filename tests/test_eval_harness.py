@@ -206,3 +206,26 @@ def test_lrm_method_uses_the_pipeline_interface(evalset, monkeypatch):
     assert mesh is not None and len(mesh.faces) > 0
     assert np.abs(mesh.vertices).max() <= m.adapter.radius + 1e-6
     assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+
+
+def test_injected_mesh_renderer_is_used(evalset, tmp_path):
+    """Mesh-only methods are drawn by the injected renderer (the GL one later); here a stub that paints every pixel
+    opaque white, so PSNR/mask IoU follow from the GT views alone."""
+    from lrm.evaluate import metrics as M
+    from lrm.evaluate.runner import RunOptions, Variant, run
+
+    calls = []
+
+    def stub(mesh, c2w, intrinsics, resolution):
+        calls.append((np.shape(c2w), np.shape(intrinsics), resolution))
+        return np.ones((resolution, resolution, 4), np.float32), np.ones((resolution, resolution), np.float32)
+
+    recs = run(evalset, [Variant("sphere")], RunOptions(out=tmp_path, mesh_renderer=stub, progress=lambda m: None))
+    assert len(calls) == 2 * 4 and calls[0] == ((4, 4), (4,), 64)
+    o = evalset.load("box")
+    gt_mask = o.rgba[o.novel_indices][..., 3] >= 128
+    rec = next(r for r in recs if r["uid"] == "box")
+    assert rec["render_source"] == "mesh"
+    assert rec["mask_iou"] == pytest.approx(gt_mask.mean(axis=(1, 2)).mean(), abs=1e-6)
+    gt_rgb = M.composite(o.rgba[o.novel_indices])
+    assert rec["psnr"] == pytest.approx(np.mean([M.psnr(np.ones_like(g), g) for g in gt_rgb]), abs=1e-6)

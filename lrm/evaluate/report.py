@@ -84,7 +84,7 @@ def _fmt(k: str, mean: float, std: float) -> str:
         return f"{mean:.4f} ± {std:.4f}"
     if k in ("psnr",):
         return f"{mean:.2f} ± {std:.2f}"
-    if k in ("time_s",):
+    if k in ("time_s", "external_time_s"):
         return f"{mean:.2f} ± {std:.2f}"
     if k in ("peak_mem_mb", "mem_increase_mb"):
         return f"{mean:.0f} ± {std:.0f}"
