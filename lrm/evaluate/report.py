@@ -205,6 +205,8 @@ def image_grid(out: Path, methods: Sequence[str], uids: Sequence[str], dirnames:
     """Rows: objects; columns: input, GT, each method (a strip of the saved novel views, first one shown)."""
     import imageio
 
+    from .runner import variant_dirname
+
     uids = [u for u in uids if (out / "renders" / "_gt" / f"{u}.png").is_file()][:n_objects]
     if not uids:
         return None
@@ -222,8 +224,8 @@ def image_grid(out: Path, methods: Sequence[str], uids: Sequence[str], dirnames:
             elif c == "GT":
                 img = gt
             else:
-                p = out / "renders" / dirnames.get(c, c) / f"{u}.png"
-                img = imageio.imread(p) if p.is_file() else np.full((h, h, 3), 235, np.uint8)
+                p = out / "renders" / (dirnames.get(c) or variant_dirname(c)) / f"{u}.png"
+                img = imageio.imread(p) if p.is_file() else np.full((h, 2 * h, 3), 235, np.uint8)
             ax.imshow(img[:, : 2 * h] if c != "input" else img)  # first two saved views
             if i == 0:
                 ax.set_title(c, fontsize=8)
@@ -276,6 +278,13 @@ def write_report(out: Path, records: Sequence[dict], run_info: Optional[dict] = 
     L.append("`tool time s` is the time an outside tool reported for itself (`timings.json`); `time s` for "
              "`meshes:` methods is only loading. `peak MB` is the process's peak during the method (it includes "
              "whatever earlier methods left loaded), `+MB` the increase over the method's start.")
+    devs = OrderedDict()
+    for r in records:
+        d = (r.get("info") or {}).get("protocol_deviation") if isinstance(r.get("info"), dict) else None
+        if d:
+            devs.setdefault(r["method"], d)
+    if devs:
+        L.append("**Protocol deviations**: " + "; ".join(f"`{n}`: {d}" for n, d in devs.items()) + ".")
     if lpips_notes:
         L.append(f"LPIPS: {'; '.join(lpips_notes)}.")
     failed = {n: s["failed"] for n, s in summary.items() if s["failed"]}

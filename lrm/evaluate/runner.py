@@ -58,7 +58,12 @@ class Variant:
 
     @property
     def dirname(self) -> str:
-        return "".join(c if c.isalnum() or c in "-_.=+[]," else "_" for c in self.name)
+        return variant_dirname(self.name)
+
+
+def variant_dirname(name: str) -> str:
+    """Folder name of a method variant under objects/ and renders/."""
+    return "".join(c if c.isalnum() or c in "-_.=+[]," else "_" for c in name)
 
 
 def parse_value(s: str):
