@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from lrm.evaluate import main
 from lrm.evaluate.evalset import build_eval_set, load_eval_set
-from lrm.evaluate.methods import Method, Prediction, _REGISTRY, register_method
+from lrm.evaluate.methods import Method, Prediction, register_method
 
 # small protocol so the test is fast: 4 novel views at 64², IoU grid 32³
 PROTO = {"n_views": 4, "resolution": 64, "input_resolution": 64, "elevations_deg": [0.0], "azimuth_step_deg": 90.0,

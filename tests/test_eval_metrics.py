@@ -134,7 +134,6 @@ def test_raster_sphere_silhouette_and_depth_match_analytic():
 
 def test_raster_matches_trimesh_ray_casting():
     """Independent reference: trimesh's ray_triangle intersector on the same camera rays."""
-    import torch
     from trimesh.ray.ray_triangle import RayMeshIntersector
 
     m, _ = normalize_mesh(_real_mesh())

@@ -41,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _kv(items, what):
-    from .runner import parse_value
-
     out = {}
     for it in items:
         if "=" not in it:

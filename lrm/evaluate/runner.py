@@ -32,7 +32,7 @@ from . import metrics as M
 from .align import align_mesh
 from .evalset import EvalObject, EvalSet
 from .methods import Method, MethodError, Prediction, RunContext, make_method, method_defaults
-from .raster import render_mesh, render_views
+from .raster import render_views
 
 log = logging.getLogger(__name__)
 
