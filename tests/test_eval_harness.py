@@ -184,20 +184,25 @@ def test_lrm_method_uses_the_pipeline_interface(evalset, monkeypatch):
             self.model = build_model(load_config("tiny"))
 
         @classmethod
-        def from_pretrained(cls, path=None, device=None):
-            calls.append((path, device))
+        def from_pretrained(cls, path=None, device=None, **options):
+            calls.append((path, device, options))
             return cls()
+
+        def extract_mesh(self, triplane, timings, stats):  # the pipeline's mesher is the one scored
+            timings["marching_cubes"] = 0.01
+            return trimesh.creation.box((0.3, 0.3, 0.3))
 
     monkeypatch.setitem(sys.modules, "lrm.pipeline", types.SimpleNamespace(Pipeline=FakePipeline))
     m = make_method("lrm:/some/ckpt", mc_resolution=16, render_resolution=8)
     ctx = RunContext("cpu", 0, dict(PROTO))
     m.setup(ctx)
-    assert calls == [("/some/ckpt", "cpu")]
+    assert calls == [("/some/ckpt", "cpu", {"mc_resolution": 16})]
     obj = evalset.load("blob")
     pred = m.predict(obj, ctx)
     rgba = pred.render(obj.c2w[obj.novel_indices[:2]], obj.intrinsics[obj.novel_indices[:2]], 32)
     assert rgba.shape == (2, 32, 32, 4) and 0 <= rgba.min() and rgba.max() <= 1
     assert pred.info["source"] == "checkpoint /some/ckpt" and "t_model" in pred.info
+    assert pred.info["mesher"] == "pipeline" and pred.mesh.extents == pytest.approx([0.3] * 3)
     # marching cubes path: put the surface level inside the random field's range -> a mesh inside the cube
     tri = m.adapter.triplane(np.ones((64, 64, 3), np.float32), obj.input_c2w, obj.input_intrinsics)
     _, stats = m.adapter.mesh(tri)

@@ -67,6 +67,7 @@ class Method:
                               f"known: {sorted(self.defaults) or 'none'}")
         self.arg = arg
         self.params = {**self.defaults, **params}
+        self.explicit = set(params)  # parameters the user set (the rest are defaults)
 
     def setup(self, ctx: RunContext) -> None:
         pass
@@ -396,10 +397,14 @@ class LRMMethod(Method):
     marching-cubes grid, ``render_resolution`` an optional lower volume-rendering size (CPU shortcut; the views are
     upsampled to the protocol's size and the deviation is recorded). ``preprocess=none`` (default) feeds the eval set's input view as rendered, with its true camera, so the
     prediction is in the protocol's canonical frame at GT scale. ``preprocess=pipeline`` uses the pipeline's own
-    crop-and-pad (``Pipeline.run``): the object's scale then follows the crop, so use ``--align on``."""
+    crop-and-pad (``Pipeline.run``): the object's scale then follows the crop, so use ``--align on``.
+    ``mesher=auto`` (default) extracts the mesh with the pipeline's own ``extract_mesh`` when a checkpoint is loaded
+    (so the shipped mesh is what is scored; explicit ``mc_resolution`` / ``threshold`` are passed to it as
+    ``mc_resolution`` / ``mc_threshold``) and with :class:`ModelAdapter` otherwise; ``mesher=adapter`` forces the
+    latter."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
-                "render_resolution": None}
+                "render_resolution": None, "mesher": "auto"}
 
     def setup(self, ctx):
         import torch
@@ -421,7 +426,13 @@ class LRMMethod(Method):
         except ImportError as e:
             raise MethodError(f"lrm: lrm.pipeline is not available in this checkout ({e}); "
                               f"use --set config=tiny for a random-weight model") from None
-        self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device)
+        options = {}
+        if self.params["mesher"] != "adapter":
+            if "mc_resolution" in self.explicit:
+                options["mc_resolution"] = int(p["mc_resolution"])
+            if "threshold" in self.explicit:
+                options["mc_threshold"] = float(p["threshold"])
+        self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
         self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"])
         self.source = f"checkpoint {self.arg or 'default'}"
 
@@ -439,9 +450,20 @@ class LRMMethod(Method):
             tri = self.adapter.triplane(_input_rgb_on_white(obj), obj.input_c2w, obj.input_intrinsics)
             info["t_model"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            mesh, stats = self.adapter.mesh(tri)
+            extract = getattr(self.pipeline, "extract_mesh", None) if self.params["mesher"] == "auto" else None
+            if extract is not None:
+                timings, stats = {}, {}
+                mesh = extract(tri, timings, stats)
+                if mesh is not None and len(getattr(mesh, "faces", [])) == 0:
+                    mesh = None
+                info.update({f"t_{k}": v for k, v in timings.items()})
+                info.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
+                info["mesher"] = "pipeline"
+            else:
+                mesh, stats = self.adapter.mesh(tri)
+                info.update(stats)
+                info["mesher"] = "adapter"
             info["t_mesh"] = time.perf_counter() - t1
-            info.update(stats)
         rr = self.params["render_resolution"]
         if rr:
             info["render_resolution"] = int(rr)
