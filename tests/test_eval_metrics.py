@@ -182,3 +182,14 @@ def test_eval_object_round_trip(tmp_path):
     assert list(o.novel_indices) == [1, 2, 3] and o.record["source"] == "test"
     np.testing.assert_allclose(o.gt_mesh.vertices, mesh.vertices, atol=1e-6)
     assert tuple(o.gt_mesh.visual.vertex_colors[0][:3]) == (10, 200, 30)
+
+
+def test_builder_extra_input_views_are_orbit_cameras(tmp_path):
+    from lrm.evaluate.evalset import DEFAULT_PROTOCOL, build_eval_set
+
+    p = dict(DEFAULT_PROTOCOL, resolution=32, input_resolution=32, extra_input_views_deg=[[90, 0], [180, 20]])
+    o = build_eval_set(tmp_path, {"b": trimesh.creation.box((0.5, 0.4, 0.3))}, protocol=p).load("b")
+    assert list(o.input_indices) == [0, 1, 2] and len(o.novel_indices) == 16 and o.rgba.shape[0] == 19
+    for i, (a, e) in enumerate([(0, 0), (90, 0), (180, 20)]):
+        np.testing.assert_allclose(o.c2w[i], cam.orbit_camera(float(a), float(e), 2.0).numpy(), atol=1e-5)
+    assert (o.rgba[:3, ..., 3] > 0).any(axis=(1, 2)).all()  # the object is visible in every input view

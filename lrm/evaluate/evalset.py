@@ -44,6 +44,7 @@ DEFAULT_PROTOCOL = {
     "iou_resolution": 64,
     "radius": 0.87,
     "sample_seed": 0,
+    "extra_input_views_deg": [],  # [[azimuth, elevation], ...] more input views (multi-view methods)
     "shading_ambient": 0.5,  # mesh renders: albedo * (ambient + (1 - ambient) |n.v|), see lrm/evaluate/raster.py
 }
 
@@ -251,13 +252,26 @@ def build_eval_object(root, uid: str, mesh, seed: int, renderer: Optional[Callab
     c_in, k_in = input_camera(p["distance"], p["fov_deg"])
     c_nv, k_nv = protocol_cameras(p["elevations_deg"], p["azimuth_step_deg"], p["distance"], p["fov_deg"])
     assert p["input_resolution"] == p["resolution"], "one resolution per views.npz"
-    c2w = np.concatenate([c_in[None], c_nv])
-    intr = np.concatenate([k_in[None], k_nv])
+    # optional extra input views for multi-view methods: (azimuth, elevation) relative to the canonical input
+    extra = [np.asarray(x, float) for x in p.get("extra_input_views_deg", [])]
+    c_x = [protocol_cameras((e,), 360.0, p["distance"], p["fov_deg"]) for _, e in extra]
+    c_x = [_rotate_azimuth(c[0][0], a) for (a, _), c in zip(extra, c_x)]
+    c2w = np.concatenate([c_in[None], *[c[None] for c in c_x], c_nv])
+    intr = np.concatenate([k_in[None]] * (1 + len(extra)) + [k_nv])
     kw = {} if renderer is not None else {"ambient": p.get("shading_ambient", 1.0)}
     rgba = render_views(canon, c2w, intr, p["resolution"], renderer=renderer, **kw)
     rec.update(record or {})
     rec["renderer"] = getattr(renderer, "__module__", None) or "lrm.evaluate.raster"
-    return write_eval_object(root, uid, canon, rgba, c2w, intr, [0], list(range(1, len(c2w))), rec, p)
+    n_in = 1 + len(extra)
+    return write_eval_object(root, uid, canon, rgba, c2w, intr, list(range(n_in)), list(range(n_in, len(c2w))), rec, p)
+
+
+def _rotate_azimuth(c2w: np.ndarray, azimuth_deg: float) -> np.ndarray:
+    """An orbit camera turned by ``azimuth_deg`` about +Z (the world up)."""
+    a = np.radians(azimuth_deg)
+    R = np.eye(4, dtype=np.float32)
+    R[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    return R @ c2w
 
 
 def find_meshes(folder) -> Dict[str, Path]:
