@@ -1,0 +1,472 @@
+"""Method plug-ins: every method, learned or not, answers one question per object — given the eval object's
+input view(s) and cameras, produce a mesh (and optionally a renderer for the protocol cameras).
+
+    @register_method("name")
+    class MyMethod(Method):
+        canonical_frame = True          # predicts in the canonical input-view frame (alignment off by default)
+        defaults = {"steps": 100}       # tunable parameters (--set key=value, --sweep key=v1,v2)
+        def setup(self, ctx): ...       # once per run (load weights); timed as setup_s
+        def predict(self, obj, ctx) -> Prediction: ...   # per object; timed (wall s + peak memory)
+
+``Prediction.mesh`` is a trimesh in the canonical frame (or any frame when ``canonical_frame`` is False: the
+harness then aligns it to the GT). ``Prediction.render(c2w [V,4,4], intrinsics [V,4], resolution)`` returns
+RGBA [V, H, W, 4] in [0, 1]; when absent, the harness rasterises the mesh with the injected mesh renderer.
+
+Built in: ``lrm`` (a checkpoint through ``lrm.pipeline.Pipeline``, or any ``LRM`` model object via
+:class:`ModelAdapter`), ``meshes:DIR`` (outside tools' meshes, one file per uid), and the calibration baselines
+``sphere``, ``hull`` and the oracle ``bbox``. ``lrm+sds``, ``sds`` and ``mv+lrm`` are registered as not available
+yet (their issues add them).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Type
+
+import numpy as np
+
+from .evalset import MESH_EXTENSIONS, EvalObject, load_mesh
+
+
+class MethodError(Exception):
+    """Unknown / unavailable method or bad parameters (one clear line at the command line)."""
+
+
+class PredictionError(Exception):
+    """A method could not produce a prediction for one object (recorded as failed; the run goes on)."""
+
+
+@dataclass
+class Prediction:
+    mesh: Optional[object] = None
+    render: Optional[Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = None
+    info: Dict[str, object] = field(default_factory=dict)  # stage timings, notes
+    external_time_s: Optional[float] = None  # time reported by an outside tool (meshes:DIR timings.json)
+
+
+@dataclass
+class RunContext:
+    device: str = "cpu"
+    seed: int = 0
+    protocol: dict = field(default_factory=dict)
+    mesh_renderer: Optional[Callable] = None  # render_mesh(mesh, c2w, intrinsics, resolution) -> rgba, depth
+
+
+class Method:
+    name: str = ""
+    canonical_frame: bool = True
+    oracle: bool = False
+    defaults: Dict[str, object] = {}
+
+    def __init__(self, arg: Optional[str] = None, **params):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise MethodError(f"method {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                              f"known: {sorted(self.defaults) or 'none'}")
+        self.arg = arg
+        self.params = {**self.defaults, **params}
+        self.explicit = set(params)  # parameters the user set (the rest are defaults)
+
+    def setup(self, ctx: RunContext) -> None:
+        pass
+
+    def predict(self, obj: EvalObject, ctx: RunContext) -> Prediction:
+        raise NotImplementedError
+
+
+_REGISTRY: Dict[str, Type[Method]] = {}
+_UNAVAILABLE: Dict[str, str] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`Method` subclass available as ``--method name``."""
+
+    def deco(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        _UNAVAILABLE.pop(name, None)
+        return cls
+
+    return deco
+
+
+def register_unavailable(name: str, reason: str) -> None:
+    if name not in _REGISTRY:
+        _UNAVAILABLE[name] = reason
+
+
+def available_methods():
+    return sorted(_REGISTRY)
+
+
+def parse_spec(spec: str):
+    """``name`` or ``name:arg`` (``meshes:DIR``, ``lrm:CHECKPOINT``)."""
+    spec = spec.strip()
+    for name in sorted(list(_REGISTRY) + list(_UNAVAILABLE), key=len, reverse=True):
+        if spec == name:
+            return name, None
+        if spec.startswith(name + ":"):
+            return name, spec[len(name) + 1:]
+    return spec.split(":", 1)[0], (spec.split(":", 1)[1] if ":" in spec else None)
+
+
+def make_method(spec: str, **params) -> Method:
+    name, arg = parse_spec(spec)
+    if name in _UNAVAILABLE:
+        raise MethodError(f"method {name!r} is not available yet: {_UNAVAILABLE[name]}")
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method {name!r}; available: {', '.join(available_methods())} "
+                          f"(not yet: {', '.join(sorted(_UNAVAILABLE))})")
+    return _REGISTRY[name](arg, **params)
+
+
+def method_defaults(spec: str) -> Dict[str, object]:
+    name, _ = parse_spec(spec)
+    cls = _REGISTRY.get(name)
+    return dict(cls.defaults) if cls else {}
+
+
+register_unavailable("lrm+sds", "SDS refinement of an LRM prediction is added by its own issue")
+register_unavailable("sds", "SDS optimisation from scratch is added by its own issue")
+register_unavailable("mv+lrm", "multi-view diffusion + LRM is added by its own issue")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _input(obj: EvalObject):
+    """Input view as float RGBA [H, W, 4], its mask, c2w and pixel-unit focal/centre."""
+    rgba = obj.input_rgba.astype(np.float32) / 255.0
+    mask = rgba[..., 3] >= 0.5
+    if not mask.any():
+        raise PredictionError("input view has an empty silhouette")
+    return rgba, mask
+
+
+def _mean_color(rgba, mask) -> np.ndarray:
+    return rgba[..., :3][mask].mean(0)
+
+
+def _colored(mesh, rgb) -> object:
+    mesh.visual.vertex_colors = np.tile(np.r_[np.clip(np.asarray(rgb) * 255, 0, 255), 255].astype(np.uint8),
+                                        (len(mesh.vertices), 1))
+    return mesh
+
+
+def _project(points: np.ndarray, c2w: np.ndarray, intr: np.ndarray, h: int, w: int):
+    """World points -> pixel (u, v) and camera z (numpy twin of lrm.cameras.project_points)."""
+    p = (points - c2w[:3, 3]) @ c2w[:3, :3]
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = (p[:, 0] / z * intr[0] + intr[2]) * w
+        v = (p[:, 1] / z * intr[1] + intr[3]) * h
+    return u, v, z
+
+
+def _lookup(img: np.ndarray, u, v, fill=0.0):
+    h, w = img.shape[:2]
+    iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    ok = (iu >= 0) & (iu < w) & (iv >= 0) & (iv < h) & np.isfinite(u) & np.isfinite(v)
+    out = np.full((len(u),) + img.shape[2:], fill, dtype=np.float32)
+    out[ok] = img[iv[ok], iu[ok]]
+    return out, ok
+
+
+# ------------------------------------------------------------------------------------------ baselines
+@register_method("sphere")
+class SphereBaseline(Method):
+    """A sphere of the input view's mean foreground colour whose projection has the silhouette's area,
+    centred on the silhouette centroid's ray at the depth of the origin."""
+
+    defaults = {"subdivisions": 3}
+
+    def predict(self, obj, ctx):
+        import trimesh
+
+        rgba, mask = _input(obj)
+        h, w = mask.shape
+        K, c2w = obj.input_intrinsics, obj.input_c2w
+        f = K[1] * h
+        r_px = np.sqrt(mask.sum() / np.pi)
+        d = float(np.linalg.norm(c2w[:3, 3]))
+        radius = d * np.sin(np.arctan(r_px / f))
+        vv, uu = np.nonzero(mask)
+        u, v = uu.mean() + 0.5, vv.mean() + 0.5
+        ray = np.array([(u / w - K[2]) / K[0], (v / h - K[3]) / K[1], 1.0])
+        centre = c2w[:3, 3] + c2w[:3, :3] @ (ray / np.linalg.norm(ray)) * d
+        m = trimesh.creation.icosphere(int(self.params["subdivisions"]), radius=radius)
+        m.apply_translation(centre)
+        return Prediction(_colored(m, _mean_color(rgba, mask)), info={"radius": float(radius)})
+
+
+@register_method("hull")
+class HullBaseline(Method):
+    """The single input view's silhouette extruded through the triplane cube [-R, R]^3 (every cell whose centre
+    projects inside the silhouette), marching cubes at ``resolution``, vertex colours from the input view."""
+
+    defaults = {"resolution": 96}
+
+    def predict(self, obj, ctx):
+        import trimesh
+        from skimage.measure import marching_cubes
+
+        from .metrics import grid_points
+
+        rgba, mask = _input(obj)
+        h, w = mask.shape
+        n = int(self.params["resolution"])
+        R = float(ctx.protocol.get("radius", 0.87))
+        pts = grid_points(n, R)
+        u, v, z = _project(pts, obj.input_c2w, obj.input_intrinsics, h, w)
+        inside, ok = _lookup(mask.astype(np.float32), u, v)
+        occ = (inside > 0.5) & ok & (z > 0)
+        if not occ.any():
+            raise PredictionError("silhouette covers no grid cell")
+        vol = np.pad(occ.reshape(n, n, n).astype(np.float32), 1)
+        verts, faces, _, _ = marching_cubes(vol, 0.5)
+        step = 2 * R / n
+        verts = (verts - 1 + 0.5) * step - R  # padded index -> cell-centre coordinates
+        mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=False)
+        u, v, _ = _project(verts, obj.input_c2w, obj.input_intrinsics, h, w)
+        col, ok = _lookup(rgba[..., :3], np.clip(u, 0, w - 1e-3), np.clip(v, 0, h - 1e-3))
+        fg, _ = _lookup(mask.astype(np.float32), np.clip(u, 0, w - 1e-3), np.clip(v, 0, h - 1e-3))
+        col[fg < 0.5] = _mean_color(rgba, mask)
+        mesh.visual.vertex_colors = np.c_[(np.clip(col, 0, 1) * 255).astype(np.uint8),
+                                          np.full(len(col), 255, np.uint8)]
+        return Prediction(mesh)
+
+
+@register_method("bbox")
+class BBoxOracle(Method):
+    """Oracle: the GT mesh's bounding box in the object's own (normalised, pre-canonical) frame, moved into the
+    canonical frame with the record's ``canonicalization`` (the plain canonical-frame AABB when the record has
+    none), in the input's mean colour. It reads the GT: a reference for what box-level accuracy scores."""
+
+    oracle = True
+
+    def predict(self, obj, ctx):
+        import trimesh
+
+        rgba, mask = _input(obj)
+        M = np.asarray(obj.record.get("canonicalization", np.eye(4)), np.float64)
+        g = obj.gt_mesh.copy()
+        g.apply_transform(np.linalg.inv(M))
+        lo, hi = g.bounds
+        m = trimesh.creation.box(extents=hi - lo)
+        m.apply_translation((lo + hi) / 2)
+        m.apply_transform(M)
+        return Prediction(_colored(m, _mean_color(rgba, mask)))
+
+
+# ------------------------------------------------------------------------------------------ outside meshes
+@register_method("meshes")
+class MeshFolder(Method):
+    """``meshes:DIR``: one mesh per object uid from any outside tool (``DIR/<uid>.{glb,gltf,obj,ply,off,stl}`` or
+    ``DIR/<uid>/<any>.<ext>``). Their frame and scale are unknown, so they are aligned to the GT (protocol).
+    An optional ``DIR/timings.json`` ``{uid: seconds}`` is reported as the tool's own time."""
+
+    canonical_frame = False
+
+    def __init__(self, arg=None, **params):
+        super().__init__(arg, **params)
+        if not self.arg:
+            raise MethodError("meshes needs a folder: --method meshes:DIR")
+        self.folder = Path(self.arg)
+        if not self.folder.is_dir():
+            raise MethodError(f"meshes: no such folder {self.folder}")
+
+    def setup(self, ctx):
+        t = self.folder / "timings.json"
+        self.timings = json.loads(t.read_text()) if t.is_file() else {}
+
+    def find(self, uid: str) -> Optional[Path]:
+        for ext in MESH_EXTENSIONS:
+            for cand in (self.folder / f"{uid}{ext}", self.folder / f"{uid}{ext.upper()}"):
+                if cand.is_file():
+                    return cand
+        sub = self.folder / uid
+        if sub.is_dir():
+            files = sorted(p for p in sub.iterdir() if p.suffix.lower() in MESH_EXTENSIONS)
+            if files:
+                return files[0]
+        return None
+
+    def predict(self, obj, ctx):
+        path = self.find(obj.uid)
+        if path is None:
+            raise PredictionError(f"no mesh for {obj.uid} in {self.folder}")
+        mesh = load_mesh(path)
+        if len(mesh.faces) == 0:
+            raise PredictionError(f"{path} has no faces")
+        ext = self.timings.get(obj.uid)
+        return Prediction(mesh, info={"file": str(path)}, external_time_s=None if ext is None else float(ext))
+
+
+# ------------------------------------------------------------------------------------------ LRM
+class ModelAdapter:
+    """Run an ``LRM`` model object like the pipeline does, without preprocessing: the eval object's input view
+    (composited on white) and its real camera go to the model; the triplane's density is sampled on a dense
+    grid over [-R, R]^3, marching cubes at ``threshold`` gives the mesh, the decoder gives vertex colours."""
+
+    def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 131072):
+        import torch
+
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.mc_resolution, self.threshold, self.chunk = int(mc_resolution), float(threshold), int(chunk)
+        self.radius = float(model.cfg.render.radius)
+
+    def triplane(self, image_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
+        import torch
+
+        from .. import cameras as cam
+
+        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None].to(self.device)
+        camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
+        with torch.no_grad():
+            return self.model(x, camv[None].to(self.device))
+
+    def _query(self, triplane, pts: np.ndarray, key: str) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(pts), self.chunk):
+                p = torch.from_numpy(np.asarray(pts[i:i + self.chunk], np.float32)).to(self.device)
+                out.append(self.model.query(triplane, p[None])[key][0].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+    def mesh(self, triplane):
+        import trimesh
+        from skimage.measure import marching_cubes
+
+        from .metrics import grid_points
+
+        n, R = self.mc_resolution, self.radius
+        dens = self._query(triplane, grid_points(n, R), "density").reshape(n, n, n)
+        stats = {"density_max": float(dens.max()), "density_mean": float(dens.mean())}
+        if not (dens.max() > self.threshold > dens.min()):
+            return None, {**stats, "note": f"density never crosses threshold {self.threshold:g}: empty mesh"}
+        verts, faces, _, _ = marching_cubes(dens, self.threshold)
+        verts = (verts + 0.5) * (2 * R / n) - R
+        # skimage orients faces for increasing values; density grows inward, so flip to outward normals
+        mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=False)
+        rgb = self._query(triplane, verts, "rgb")
+        mesh.visual.vertex_colors = np.c_[(np.clip(rgb, 0, 1) * 255).astype(np.uint8), np.full(len(rgb), 255, np.uint8)]
+        return mesh, stats
+
+    def renderer(self, triplane, background=(1.0, 1.0, 1.0), render_resolution=None):
+        """Protocol renderer for ``triplane``; with ``render_resolution`` set it renders at that size and
+        upsamples bilinearly to the asked resolution (a CPU shortcut, recorded as a protocol deviation)."""
+        import torch
+        import torch.nn.functional as F
+
+        def render(c2w, intrinsics, resolution):
+            res = int(render_resolution or resolution)
+            outs = []
+            with torch.no_grad():
+                for i in range(len(c2w)):  # one view at a time keeps memory flat
+                    c = torch.as_tensor(np.asarray(c2w[i:i + 1]), dtype=torch.float32, device=self.device)[None]
+                    k = torch.as_tensor(np.asarray(intrinsics[i:i + 1]), dtype=torch.float32, device=self.device)[None]
+                    o = self.model.render(triplane, c, k, res, background=list(background))
+                    rgb, a = o["rgb"][0, 0].clamp(0, 1), o["opacity"][0, 0].clamp(0, 1)
+                    # back to straight alpha so the harness composites it like every other render
+                    bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
+                    straight = (rgb - (1 - a[..., None]) * bg) / a[..., None].clamp_min(1e-6)
+                    rgba = torch.cat([straight.clamp(0, 1), a[..., None]], -1)
+                    if res != int(resolution):
+                        rgba = F.interpolate(rgba.permute(2, 0, 1)[None], size=(int(resolution),) * 2,
+                                             mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+                    outs.append(rgba.cpu().numpy())
+            return np.stack(outs)
+
+        return render
+
+
+def _input_rgb_on_white(obj: EvalObject) -> np.ndarray:
+    rgba = obj.input_rgba.astype(np.float32) / 255.0
+    return rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+
+
+@register_method("lrm")
+class LRMMethod(Method):
+    """``lrm`` (default checkpoint) or ``lrm:CHECKPOINT`` through ``lrm.pipeline.Pipeline``; ``--set config=tiny``
+    builds a random-weight model from a config instead (for tests and smoke runs).
+
+    ``threshold`` is the density level of the surface (10, as the pipeline's default), ``mc_resolution`` the
+    marching-cubes grid, ``render_resolution`` an optional lower volume-rendering size (CPU shortcut; the views are
+    upsampled to the protocol's size and the deviation is recorded). ``preprocess=none`` (default) feeds the eval set's input view as rendered, with its true camera, so the
+    prediction is in the protocol's canonical frame at GT scale. ``preprocess=pipeline`` uses the pipeline's own
+    crop-and-pad (``Pipeline.run``): the object's scale then follows the crop, so use ``--align on``.
+    ``mesher=auto`` (default) extracts the mesh with the pipeline's own ``extract_mesh`` when a checkpoint is loaded
+    (so the shipped mesh is what is scored; explicit ``mc_resolution`` / ``threshold`` are passed to it as
+    ``mc_resolution`` / ``mc_threshold``) and with :class:`ModelAdapter` otherwise; ``mesher=adapter`` forces the
+    latter."""
+
+    defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
+                "render_resolution": None, "mesher": "auto"}
+
+    def setup(self, ctx):
+        import torch
+
+        torch.manual_seed(ctx.seed)
+        p = self.params
+        self.pipeline = None
+        if p["config"]:
+            from ..config import load_config
+            from ..models import build_model
+
+            cfg = load_config(p["config"])
+            model = build_model(cfg)
+            self.adapter = ModelAdapter(model, ctx.device, p["mc_resolution"], p["threshold"])
+            self.source = f"random-weight model from config {p['config']}"
+            return
+        try:
+            from ..pipeline import Pipeline
+        except ImportError as e:
+            raise MethodError(f"lrm: lrm.pipeline is not available in this checkout ({e}); "
+                              f"use --set config=tiny for a random-weight model") from None
+        options = {}
+        if self.params["mesher"] != "adapter":
+            if "mc_resolution" in self.explicit:
+                options["mc_resolution"] = int(p["mc_resolution"])
+            if "threshold" in self.explicit:
+                options["mc_threshold"] = float(p["threshold"])
+        self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
+        self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"])
+        self.source = f"checkpoint {self.arg or 'default'}"
+
+    def predict(self, obj, ctx):
+        t0 = time.perf_counter()
+        info = {"source": self.source}
+        if self.params["preprocess"] == "pipeline":
+            if self.pipeline is None:
+                raise PredictionError("preprocess=pipeline needs a checkpoint (lrm.pipeline)")
+            res = self.pipeline.run(obj.input_rgba.astype(np.float32) / 255.0)
+            info.update({f"t_{k}": v for k, v in res.timings.items()})
+            tri = res.triplane.to(self.adapter.device)
+            mesh = res.mesh if len(getattr(res.mesh, "faces", [])) else None
+        else:
+            tri = self.adapter.triplane(_input_rgb_on_white(obj), obj.input_c2w, obj.input_intrinsics)
+            info["t_model"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            extract = getattr(self.pipeline, "extract_mesh", None) if self.params["mesher"] == "auto" else None
+            if extract is not None:
+                timings, stats = {}, {}
+                mesh = extract(tri, timings, stats)
+                if mesh is not None and len(getattr(mesh, "faces", [])) == 0:
+                    mesh = None
+                info.update({f"t_{k}": v for k, v in timings.items()})
+                info.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
+                info["mesher"] = "pipeline"
+            else:
+                mesh, stats = self.adapter.mesh(tri)
+                info.update(stats)
+                info["mesher"] = "adapter"
+            info["t_mesh"] = time.perf_counter() - t1
+        rr = self.params["render_resolution"]
+        if rr:
+            info["render_resolution"] = int(rr)
+            info["protocol_deviation"] = f"novel views rendered at {int(rr)}² and upsampled"
+        return Prediction(mesh, render=self.adapter.renderer(tri, ctx.protocol.get("background", (1, 1, 1)), rr),
+                          info=info)
