@@ -1,8 +1,11 @@
-"""Checkpoint folders: ``model.safetensors`` (the LRM ``state_dict``) + ``config.yaml`` (the full config tree).
+"""Model checkpoints: a folder with ``model.safetensors`` (the LRM ``state_dict``) + ``config.yaml`` (the full
+config tree). Training writes them, inference / evaluation read them, importers (``lrm.convert.triposr``)
+produce them.
 
-This is the one on-disk format that training writes, inference / evaluation read, and importers (e.g.
-``lrm.convert.triposr``) produce. ``save_checkpoint`` is atomic: everything is written to a temporary sibling
-folder which is then renamed into place, so a crash never leaves a half-written checkpoint behind.
+Writes are atomic (everything goes to a temporary sibling folder that is then renamed into place), loads never
+unpickle anything, and a checkpoint whose weights don't fit its config is refused with one clear message.
+The interface (``save_checkpoint(model, cfg, folder, extra)``, ``load_checkpoint(folder, device, overrides)
+-> (model, cfg)``, ``CheckpointError``) is the one infer.py uses.
 """
 from __future__ import annotations
 
@@ -10,39 +13,41 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import load_config, save_config
+from .config import load_config
 
+#: The checkpoint shipped in the repository.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 
 
-def save_state_dict(state: Dict[str, torch.Tensor], path: str | os.PathLike, metadata: Optional[Dict[str, str]] = None):
-    """Write a state dict as safetensors (tensors made contiguous, CPU)."""
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is missing, incomplete or does not match its config."""
+
+
+def save_checkpoint(model: torch.nn.Module, cfg: DictConfig, folder: str | os.PathLike,
+                    extra: Optional[dict] = None) -> Path:
+    """Write ``model.safetensors`` + ``config.yaml`` (+ ``extra``: small text files by name) atomically."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_file(state, str(path), metadata=metadata)
-
-
-def write_checkpoint_folder(state: Dict[str, torch.Tensor], cfg: DictConfig, folder: str | os.PathLike,
-                            metadata: Optional[Dict[str, str]] = None, extra_files: Optional[Dict[str, str]] = None) -> Path:
-    """Atomically write ``state`` + ``cfg`` (+ small text files) as a checkpoint folder."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        save_state_dict(state, tmp / WEIGHTS_NAME, metadata)
-        save_config(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg), tmp / CONFIG_NAME)
-        for name, text in (extra_files or {}).items():
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "lrm"})
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
         old = None
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
         os.replace(tmp, folder)
         if old is not None:
@@ -53,52 +58,61 @@ def write_checkpoint_folder(state: Dict[str, torch.Tensor], cfg: DictConfig, fol
     return folder
 
 
-def save_checkpoint(model: torch.nn.Module, cfg: DictConfig, folder: str | os.PathLike,
-                    metadata: Optional[Dict[str, str]] = None) -> Path:
-    """Save ``model`` (its ``state_dict``) and ``cfg`` to ``folder`` atomically."""
-    return write_checkpoint_folder(model.state_dict(), cfg, folder, metadata)
-
-
-def load_checkpoint_config(folder: str | os.PathLike, overrides=()) -> DictConfig:
-    return load_config(Path(folder) / CONFIG_NAME, overrides)
-
-
-def load_checkpoint(folder: str | os.PathLike, device: str | torch.device = "cpu", overrides=(),
-                    dtype: Optional[torch.dtype] = None):
-    """Build the LRM described by ``folder/config.yaml`` and load ``folder/model.safetensors`` (strict).
-
-    The model is built on the meta device (no random init of hundreds of millions of weights) and the
-    stored tensors are assigned directly. ``overrides`` are dotted config overrides (e.g. render settings).
-    The encoder's ``pretrained_path`` is never read: the checkpoint already holds the encoder weights.
-    """
+def read_checkpoint(folder: str | os.PathLike, overrides=()) -> Tuple[DictConfig, dict]:
+    """Config and state dict of a checkpoint folder (no model built)."""
     from safetensors.torch import load_file
 
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for p in (weights, cfg_path):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {folder} is incomplete: {p.name} missing")
+    try:
+        cfg = load_config(cfg_path, overrides)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint config {cfg_path} is invalid: {e}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...)
+        raise CheckpointError(f"checkpoint weights {weights} are unreadable: {e}") from None
+    return cfg, state
+
+
+def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu", overrides=()):
+    """Build the model a checkpoint folder describes and load its weights. Returns ``(model, cfg)``, eval mode.
+
+    The model is built on the meta device and the stored tensors are assigned to it, so a large model is not
+    randomly initialised first. The encoder's ``pretrained_path`` is never read (the checkpoint holds it).
+    """
     from .models.lrm import LRM
 
-    folder = Path(folder)
-    wpath = folder / WEIGHTS_NAME
-    if not wpath.is_file() or not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint folder (needs {WEIGHTS_NAME} and {CONFIG_NAME})")
-    cfg = load_checkpoint_config(folder, overrides)
-    state = load_file(str(wpath), device=str(device))
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    folder = Path(folder) if folder is not None else DEFAULT_CHECKPOINT
+    cfg, state = read_checkpoint(folder, overrides)
+    cfg.model.encoder.pretrained_path = None
     with torch.device("meta"):
         model = LRM(cfg, load_pretrained_encoder=False)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+           if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"checkpoint {folder} does not match its config: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(bad)} mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
     model.load_state_dict(state, strict=True, assign=True)
-    _rebuild_nonpersistent_buffers(model, device, dtype)
-    meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if meta:
-        raise RuntimeError(f"tensors left uninitialised after loading {folder}: {meta[:5]}")
-    return model
+    _rebuild_nonpersistent_buffers(model)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"tensors left uninitialised after loading {folder}: {left[:5]}")
+    return model.to(device).eval(), cfg
 
 
-def _rebuild_nonpersistent_buffers(model, device, dtype):
-    """Buffers that are not saved (``persistent=False``) are derived from the config: recreate them."""
+def _rebuild_nonpersistent_buffers(model) -> None:
+    """Buffers that are not saved (``persistent=False``) derive from the config: recreate them as ``__init__``
+    does (float32, so ``model.double()`` afterwards rounds them exactly like a freshly built model)."""
     enc = model.encoder
-    ecfg = enc.cfg
-    dt = dtype or torch.float32
-    # Made in float32 then cast, exactly as ``build_model(cfg).to(dtype)`` would give them.
-    for name, values in (("mean", ecfg.normalize_mean), ("std", ecfg.normalize_std)):
-        t = torch.tensor(list(values), dtype=torch.float32).view(1, 3, 1, 1).to(device=device, dtype=dt)
-        enc.register_buffer(name, t, persistent=False)
+    for name, values in (("mean", enc.cfg.normalize_mean), ("std", enc.cfg.normalize_std)):
+        enc.register_buffer(name, torch.tensor(list(values), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

@@ -51,7 +51,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return load_checkpoint(tiny_dir).eval()
+    return load_checkpoint(tiny_dir)[0]
 
 
 def _close(name, got, ref, atol=1e-5, rtol=0.0):
@@ -179,7 +179,7 @@ def test_tiny_render_fp32(tiny, io):
 @torch.no_grad()
 def test_tiny_fp64(tiny_dir, io):
     """In float64 the port equals the reference's float64 run to rounding error (the budget for fp32)."""
-    m = load_checkpoint(tiny_dir, dtype=torch.float64).eval()
+    m = load_checkpoint(tiny_dir)[0].double()
     img = io["input_image_raw"].permute(2, 0, 1)[None].double()
     tokens = m.encoder(img)
     _close("image_tokens_f64", tokens, io["image_tokens_f64"], atol=1e-10)
@@ -335,7 +335,7 @@ def test_ckpt_pickle_and_yaml_config(tmp_path, tiny_sd, tiny):
     OmegaConf.save(OmegaConf.create(conf["tsr_config"]), tmp_path / "config.yaml")
     (tmp_path / "vit.json").write_text(json.dumps(conf["vit_config"]))
     out = tsr.convert(tmp_path / "model.ckpt", tmp_path / "config.yaml", tmp_path / "conv", vit_config=tmp_path / "vit.json")
-    m = load_checkpoint(out)
+    m, _ = load_checkpoint(out)
     ref = tiny.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
     # a Lightning-style {"state_dict": ...} wrapper is accepted too
@@ -365,8 +365,8 @@ def test_converted_folder_is_a_normal_checkpoint(tiny_dir, tiny):
 @needs_conf
 def test_fine_tune_from_converted_weights(tiny_dir, tmp_path, io):
     torch.manual_seed(0)
-    model = load_checkpoint(tiny_dir).train()
-    cfg = load_config(tiny_dir / "config.yaml")
+    model, cfg = load_checkpoint(tiny_dir)
+    model.train()
     img = io["input_image_raw"].permute(2, 0, 1)[None]
     c2w, intr = tsr.triposr_cameras(2, 10.0)
     target = torch.full((1, 2, 8, 8, 3), 0.3)
@@ -398,5 +398,5 @@ def test_fine_tune_from_converted_weights(tiny_dir, tmp_path, io):
     save_checkpoint(model, cfg, tmp_path / "ft")
     save_checkpoint(model, cfg, tmp_path / "ft")  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
-    again = load_checkpoint(tmp_path / "ft")
+    again, _ = load_checkpoint(tmp_path / "ft")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())

@@ -398,15 +398,18 @@ def read_triposr_checkpoint(path: str | Path) -> Dict[str, torch.Tensor]:
 def convert(ckpt: str | Path, config: str | Path, out_dir: str | Path, vit_config: Optional[str | Path] = None,
             strict_config: bool = True) -> Path:
     """Convert a TripoSR checkpoint + config into our checkpoint folder ``out_dir``; returns it."""
-    from ..checkpoint import write_checkpoint_folder
+    from ..checkpoint import save_checkpoint
+    from ..models.lrm import LRM
 
     tsr_cfg, vit_cfg = read_triposr_config(config, vit_config)
     cfg = config_from_triposr(tsr_cfg, vit_cfg, strict=strict_config)
     state = convert_state_dict(read_triposr_checkpoint(ckpt), cfg)
-    meta = {"source": "TripoSR (MIT licence)", "converted_from": Path(ckpt).name, "converter": __name__}
-    note = (f"Converted from TripoSR checkpoint {Path(ckpt).name} with {__name__}.\n"
-            "TripoSR: github.com/VAST-AI-Research/TripoSR, weights released under the MIT licence.\n")
-    return write_checkpoint_folder(state, cfg, out_dir, metadata=meta, extra_files={"SOURCE.txt": note})
+    with torch.device("meta"):
+        model = LRM(cfg, load_pretrained_encoder=False)
+    model.load_state_dict(state, strict=True, assign=True)  # no copy; checks the keys once more
+    note = (f"Converted from the TripoSR checkpoint {Path(ckpt).name} by {__name__}.\n"
+            "TripoSR: github.com/VAST-AI-Research/TripoSR; its weights are released under the MIT licence.\n")
+    return save_checkpoint(model, cfg, out_dir, extra={"SOURCE.txt": note})
 
 
 # --------------------------------------------------------------------------------------------------
