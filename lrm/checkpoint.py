@@ -45,6 +45,11 @@ def save_checkpoint(model: torch.nn.Module, cfg: DictConfig, folder: str | os.Pa
         (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
+        for p in tmp.iterdir():
+            os.chmod(p, 0o666 & ~umask)
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")

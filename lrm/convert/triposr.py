@@ -407,7 +407,7 @@ def convert(ckpt: str | Path, config: str | Path, out_dir: str | Path, vit_confi
     with torch.device("meta"):
         model = LRM(cfg, load_pretrained_encoder=False)
     model.load_state_dict(state, strict=True, assign=True)  # no copy; checks the keys once more
-    note = (f"Converted from the TripoSR checkpoint {Path(ckpt).name} by {__name__}.\n"
+    note = (f"Converted from the TripoSR checkpoint {Path(ckpt).name} by lrm.convert.triposr.\n"
             "TripoSR: github.com/VAST-AI-Research/TripoSR; its weights are released under the MIT licence.\n")
     return save_checkpoint(model, cfg, out_dir, extra={"SOURCE.txt": note})
 
