@@ -206,8 +206,10 @@ def config_from_triposr(tsr_cfg: dict, vit_cfg: Optional[dict] = None, strict: b
         "model": model,
         "camera": {"distance": TRIPOSR_CAMERA_DISTANCE, "fov_deg": TRIPOSR_FOVY_DEG,
                    "foreground_ratio": TRIPOSR_FOREGROUND_RATIO},
-        # Read by inference / evaluation: TripoSR was trained on inputs composited over grey 0.5.
-        "infer": {"input_background": list(TRIPOSR_INPUT_BACKGROUND), "foreground_ratio": TRIPOSR_FOREGROUND_RATIO},
+        # Read by inference / evaluation: TripoSR was trained on inputs composited over grey 0.5, and its
+        # encoder resizes the preprocessed image to cond_image_size (so preprocess at that size, not smaller).
+        "infer": {"input_background": list(TRIPOSR_INPUT_BACKGROUND), "foreground_ratio": TRIPOSR_FOREGROUND_RATIO,
+                  "input_size": int(tsr["cond_image_size"])},
     })
 
 
@@ -362,7 +364,7 @@ def convert_state_dict(tsr_sd: Dict[str, torch.Tensor], cfg, check_finite: bool 
         ours = triposr_to_ours(k)
         if ours is None:
             continue
-        v = v.to(torch.float32)
+        v = v.to(torch.float32)  # half-precision checkpoints are upcast; the model runs in fp32
         out[ours] = tokens_from_triposr(v).contiguous() if ours == "transformer.tokens" else v.contiguous()
     return out
 
