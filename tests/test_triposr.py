@@ -400,3 +400,13 @@ def test_fine_tune_from_converted_weights(tiny_dir, tmp_path, io):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
     again, _ = load_checkpoint(tmp_path / "ft")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+def test_normalized_step_never_uses_nerfacc(caplog):
+    """The nerfacc path marches at a world-space step, so TripoSR's ``step: normalized`` stays on torch."""
+    cfg = load_config("triposr", ["model.render.backend=nerfacc"]).model.render
+    r = VolumeRenderer(cfg)
+    with caplog.at_level("WARNING"):
+        assert r._resolve_backend(torch.device("cuda")) == "torch"
+    assert "step=world" in caplog.text
+    assert VolumeRenderer(load_config("triposr").model.render)._resolve_backend(torch.device("cuda")) == "torch"
