@@ -76,10 +76,12 @@ def interpolate_pos_grid(grid: torch.Tensor, n_h: int, n_w: int, mode: str) -> t
         return grid
     d = grid.shape[-1]
     x = grid.reshape(1, g, g, d).permute(0, 3, 1, 2)
+    if x.dtype not in (torch.float32, torch.float64):  # bicubic needs fp32; keep fp64 exact
+        x = x.float()
     if mode == "bicubic":
-        x = F.interpolate(x.float(), size=(n_h, n_w), mode="bicubic", align_corners=False)
+        x = F.interpolate(x, size=(n_h, n_w), mode="bicubic", align_corners=False)
     elif mode == "bicubic_legacy":
-        x = F.interpolate(x.float(), scale_factor=((n_h + 0.1) / g, (n_w + 0.1) / g), mode="bicubic",
+        x = F.interpolate(x, scale_factor=((n_h + 0.1) / g, (n_w + 0.1) / g), mode="bicubic",
                           align_corners=False)
         if x.shape[-2:] != (n_h, n_w):
             raise ValueError(f"legacy position interpolation gave {tuple(x.shape[-2:])}, expected {(n_h, n_w)}")

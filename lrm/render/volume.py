@@ -84,8 +84,8 @@ def interval_lengths(t: torch.Tensor, t_near: torch.Tensor, t_far: torch.Tensor)
 def composite(density, rgb, deltas, t, background, valid=None) -> Dict[str, torch.Tensor]:
     """Alpha compositing along the last sample axis. density/deltas/t [..., S], rgb [..., S, 3]."""
     tau = density * deltas
-    if valid is not None:
-        tau = tau * valid[..., None]
+    if valid is not None:  # where, not multiply: an inf density (exp) on an empty ray must not give NaN
+        tau = torch.where(valid[..., None], tau, torch.zeros_like(tau))
     alpha = 1.0 - torch.exp(-tau)
     trans = torch.exp(-torch.cat([torch.zeros_like(tau[..., :1]), tau[..., :-1].cumsum(-1)], -1))
     weights = alpha * trans
@@ -110,6 +110,11 @@ class VolumeRenderer:
     def _resolve_backend(self, device: torch.device) -> str:
         want = self.cfg.backend
         if want == "torch":
+            return "torch"
+        if self.cfg.step != "world":  # the nerfacc path marches at a world-space step only
+            if want == "nerfacc" and not self._warned_backend:
+                self._warned_backend = True
+                log.warning("render.backend=nerfacc supports only render.step=world; using the torch path")
             return "torch"
         if device.type == "cuda":
             from . import nerfacc_backend

@@ -1,0 +1,1 @@
+"""Importers that turn other projects' checkpoints into this project's checkpoint folders."""
