@@ -30,16 +30,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing, incomplete or does not match its config."""
 
 
+def is_checkpoint_dir(path) -> bool:
+    p = Path(path)
+    return (p / WEIGHTS_NAME).is_file() and (p / CONFIG_NAME).is_file()
+
+
 def save_checkpoint(model: torch.nn.Module, cfg: DictConfig, folder: str | os.PathLike,
                     extra: Optional[dict] = None) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` (+ ``extra``: small text files by name) atomically."""
+    return save_state_dict(model.state_dict(), cfg, folder, extra)
+
+
+def save_state_dict(state_dict: dict, cfg: DictConfig, folder: str | os.PathLike,
+                    extra: Optional[dict] = None) -> Path:
+    """:func:`save_checkpoint` for a bare state dict (e.g. one gathered from a distributed engine)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "lrm"})
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
         (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))

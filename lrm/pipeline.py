@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 INFER_DEFAULTS = dict(
     input_size=256,  # preprocessed image side (the encoder resizes to its own image_size)
     foreground_ratio=0.85,
+    input_background=[1.0, 1.0, 1.0],  # the colour the input is composited on (TripoSR checkpoints: grey 0.5)
     mc_resolution=129,  # grid points per side (2^k + 1 so the coarse-to-fine grid aligns)
     mc_threshold=10.0,  # density level of the surface
     coarse_factor=4,
@@ -145,7 +146,8 @@ class Pipeline:
         timings: Dict[str, float] = {}
         stats: Dict[str, object] = {}
         t = time.perf_counter()
-        pre = preprocess(image, self.opts["input_size"], mask, self.opts["foreground_ratio"])
+        pre = preprocess(image, self.opts["input_size"], mask, self.opts["foreground_ratio"],
+                         tuple(self.opts["input_background"]))
         timings["preprocess"] = time.perf_counter() - t
         stats["mask_source"] = pre.mask_source
         t = time.perf_counter()

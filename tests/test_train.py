@@ -104,13 +104,13 @@ def test_latest_ignores_half_written(tmp_path):
 
 
 def test_run_outputs_keep_last_and_export(tmp_path):
-    from lrm.training.export import load_exported_model
+    from lrm.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     res = train(_cfg("train.ckpt_every=1", "train.keep_last=2", steps=4), output_dir=str(out))
     assert [p.name for p in ckpt.complete_checkpoints(out / "checkpoints")] == ["step_3", "step_4"]
     assert (out / "config.yaml").is_file() and (out / "tb").is_dir()
-    model, cfg = load_exported_model(out / "model")
+    model, cfg = load_checkpoint(out / "model")
     assert cfg.model.transformer.token_dim == 48 and cfg.train.max_steps == 4
     for k, v in res["model"].state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
@@ -118,7 +118,7 @@ def test_run_outputs_keep_last_and_export(tmp_path):
     (out / "checkpoints" / "step_9").mkdir()
     res2 = train(_cfg(steps=5), output_dir=str(out), resume="latest")
     assert res2["history"][0]["step"] == 5
-    model, _ = load_exported_model(out / "model")  # re-exported at step 5
+    model, _ = load_checkpoint(out / "model")  # re-exported at step 5
     res3 = train(_cfg("train.lr=0.0", steps=1),
                  output_dir=str(tmp_path / "ft"), resume=str(out / "model"))
     for k, v in model.state_dict().items():  # lr 0: weights stay those of the export

@@ -31,7 +31,7 @@ from ..config import load_config, save_config
 from . import checkpoint as ckpt
 from .data import check_batch, make_source, resolve_source
 from .defaults import apply_defaults
-from .export import export_state_dict, is_export_dir, load_export
+from ..checkpoint import is_checkpoint_dir as is_model_folder, read_checkpoint, save_state_dict
 from .losses import compute_losses, load_lpips, mask_iou, psnr
 from .optim import make_optimizer, make_scheduler
 
@@ -272,7 +272,7 @@ def resolve_resume(resume: Optional[str], run_dir: Path):
     p = Path(resume)
     if ckpt.is_checkpoint_dir(p):
         return p, None
-    if is_export_dir(p):
+    if is_model_folder(p):
         return None, p
     if (p / "checkpoints").is_dir():
         found = ckpt.latest_checkpoint(p / "checkpoints")
@@ -307,7 +307,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     set_seed(int(cfg.seed))
     model = build_model(cfg)
     if init_dir is not None and resume_dir is None:
-        sd, _ = load_export(init_dir)
+        _, sd = read_checkpoint(init_dir)
         model.load_state_dict(sd, strict=True)
         log.info("initialised weights from %s", init_dir)
     model.train()
@@ -479,7 +479,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
         export_dir = run_dir / "model"
         sd = accelerator.get_state_dict(model)  # collective (gathers ZeRO-3 shards)
         if is_main:
-            export_state_dict({k[len("lrm."):]: v for k, v in sd.items()}, cfg, export_dir)
+            save_state_dict({k[len("lrm."):]: v for k, v in sd.items()}, cfg, export_dir)
             if interrupted:
                 log.warning("stopped by signal at step %d; checkpoint %s. Continue with --resume latest",
                             state.step, ckpt_root / f"step_{state.step}")
