@@ -357,7 +357,7 @@ def test_eval_set_tiny(tmp_path):
     from data.build_eval import build_eval
 
     man = build_eval(tmp_path / "ev", num=2, sources="procedural", resolution=48, quiet=True)
-    assert len(man["objects"]) == 2 and man["protocol"]["novel_elevations"] == [0.0, 30.0]
+    assert len(man["objects"]) == 2 and man["protocol"]["elevations_deg"] == [0.0, 30.0]
     for uid in man["objects"]:
         d = tmp_path / "ev" / uid
         z = np.load(d / "views.npz")
