@@ -348,6 +348,11 @@ def test_corrupt_and_truncated_shards_are_skipped(shardset, tmp_path, caplog):
     uids = [u for b in dl for u in b["uid"]]
     assert len(uids) >= n_good and len(uids) < 3 * n_good  # good shard complete; broken samples dropped
     assert any("skipping corrupt sample" in r.message for r in caplog.records)
+    # a repeating loader over nothing readable fails loudly instead of hanging
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(RuntimeError, match="no readable samples"):
+        next(iter(make_loader([str(junk)], num_views_target=1, image_size=16, batch_size=1, split=None)))
 
 
 # --------------------------------------------------------------------------------------------------
