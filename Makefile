@@ -52,6 +52,7 @@ data: install install-data-system
 
 # The dev evaluation set of package-shipped real objects -> data/eval/dev
 data-eval: install install-data-system
+	$(PIP) install -q -e ".[eval-data]"
 	$(PYTHON) data/build_eval.py --out data/eval/dev
 
 bench-data: install

@@ -40,14 +40,15 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "data":
 import numpy as np  # noqa: E402
 
 EVAL_SOURCES = "pybullet,pymeshlab,assimp,cgal"
-PROTOCOL = {
-    "frame": "canonical input view (lrm.cameras.canonicalize, distance 2.0)",
+PROTOCOL = {  # key names as lrm/evaluate/evalset.py's DEFAULT_PROTOCOL, plus how this set was made
+    "n_views": 16,
+    "elevations_deg": [0.0, 30.0],
+    "azimuth_step_deg": 45.0,
     "distance": 2.0,
     "fov_deg": 40.0,
-    "input_elevation_range": [0.0, 30.0],
-    "novel_elevations": [0.0, 30.0],
-    "novel_azimuths": [0, 45, 90, 135, 180, 225, 270, 315],
-    "background": "white",
+    "background": [1.0, 1.0, 1.0],
+    "frame": "canonical input view (lrm.cameras.canonicalize, distance 2.0)",
+    "input_elevation_range_deg": [0.0, 30.0],
     "normalization": "AABB centre at origin, longest side 1.0",
 }
 
@@ -86,14 +87,15 @@ def write_object(obj, out: Path, resolution: int = 256, samples: int = 4) -> dic
 
     parts, T = normalize_parts(obj.load())
     rng = uid_rng(obj.uid, "eval-input")
-    az0, el0 = float(rng.uniform(0, 360)), float(rng.uniform(*PROTOCOL["input_elevation_range"]))
+    az0, el0 = float(rng.uniform(0, 360)), float(rng.uniform(*PROTOCOL["input_elevation_range_deg"]))
     d = PROTOCOL["distance"]
     input_world = orbit_camera(torch.tensor([az0]), torch.tensor([el0]), d)
     _, M = canonicalize(input_world, distance=d)
     M = M.double().numpy()
     parts_c = transform_parts(parts, M)
-    az = [0.0] + [float(a) for e in PROTOCOL["novel_elevations"] for a in PROTOCOL["novel_azimuths"]]
-    el = [0.0] + [float(e) for e in PROTOCOL["novel_elevations"] for _ in PROTOCOL["novel_azimuths"]]
+    azimuths = np.arange(0.0, 360.0 - 1e-6, PROTOCOL["azimuth_step_deg"])
+    az = [0.0] + [float(a) for e in PROTOCOL["elevations_deg"] for a in azimuths]  # elevation-major
+    el = [0.0] + [float(e) for e in PROTOCOL["elevations_deg"] for _ in azimuths]
     c2w = orbit_camera(torch.tensor(az), torch.tensor(el), d).numpy()
     K = intrinsics_from_fov(PROTOCOL["fov_deg"]).expand(len(c2w), 4).numpy()
     r = render_mesh(parts_c, c2w, K, resolution, samples=samples, normals=False, depth=False)
@@ -141,7 +143,7 @@ def build_eval(out, num=None, sources: str = EVAL_SOURCES, resolution: int = 256
             skipped.append({"uid": obj.uid, "source": obj.source, "reason": f"error: {type(e).__name__}: {e}"[:300]})
         if not quiet:
             print(f"[build_eval] {len(objects)} written, {len(skipped)} skipped ({obj.uid})", file=sys.stderr)
-    protocol = dict(PROTOCOL, input_resolution=resolution, novel_resolution=resolution)
+    protocol = dict(PROTOCOL, input_resolution=resolution, resolution=resolution)
     man = {"objects": objects, "protocol": protocol, "skipped": skipped, "build_seconds": round(time.time() - t0, 1)}
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man

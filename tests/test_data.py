@@ -280,11 +280,9 @@ def test_loader_batch_contract(shardset):
     canon = camera_vector(orbit_camera(0.0, 0.0, 2.0), intrinsics_from_fov(40.0))
     assert torch.allclose(b["input_camera"], canon.expand(B, -1), atol=1e-5)
     # targets are the stored cameras moved by one rigid transform: find the input view that explains them
-    stored = {s["uid"]: s for s in read_samples(out, views=[0])}
+    stored = {s["uid"]: s for s in read_samples(out, depth=False)}
     for j, uid in enumerate(b["uid"]):
-        c2w = torch.from_numpy(stored[uid]["c2w"]) if False else None
-        full = next(s for s in read_samples(out) if s["uid"] == uid)
-        cams = torch.from_numpy(full["c2w"])
+        cams = torch.from_numpy(stored[uid]["c2w"])
         found = False
         for v in range(len(cams)):
             M = orbit_camera(0.0, 0.0, 2.0) @ invert_rigid(cams[v])
@@ -348,6 +346,11 @@ def test_corrupt_and_truncated_shards_are_skipped(shardset, tmp_path, caplog):
     uids = [u for b in dl for u in b["uid"]]
     assert len(uids) >= n_good and len(uids) < 3 * n_good  # good shard complete; broken samples dropped
     assert any("skipping corrupt sample" in r.message for r in caplog.records)
+    # a repeating loader over nothing readable fails loudly instead of hanging
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(RuntimeError, match="no readable samples"):
+        next(iter(make_loader([str(junk)], num_views_target=1, image_size=16, batch_size=1, split=None)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +360,7 @@ def test_eval_set_tiny(tmp_path):
     from data.build_eval import build_eval
 
     man = build_eval(tmp_path / "ev", num=2, sources="procedural", resolution=48, quiet=True)
-    assert len(man["objects"]) == 2 and man["protocol"]["novel_elevations"] == [0.0, 30.0]
+    assert len(man["objects"]) == 2 and man["protocol"]["elevations_deg"] == [0.0, 30.0]
     for uid in man["objects"]:
         d = tmp_path / "ev" / uid
         z = np.load(d / "views.npz")

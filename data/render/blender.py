@@ -9,8 +9,10 @@ The mesh (our +Z-up normalised world) is written to a temporary GLB and imported
 importer (which maps glTF +Y-up to Blender +Z-up; we pre-rotate so Blender's world equals ours). Cameras:
 ``matrix_world = c2w @ diag(1, -1, -1, 1)`` (OpenCV -> Blender axes); the vertical FoV from ``fy``,
 principal point through lens shift. Cycles on CPU, or GPU when available (``device="GPU"``); transparent
-film gives alpha; the Z pass (planar depth) and the normal pass come through a compositor File Output as
-EXR. Light: a sun along ``light_dir`` plus a uniform world light (``ambient``). Blender is slow on CPU
+film gives alpha; the Combined pass is written as a multilayer EXR per view and read with the ``OpenEXR``
+package (install it next to ``bpy``). Depth (camera z) and normals come from casting the pixel-centre rays
+into Blender's scene BVH (``scene.ray_cast``): with bpy 5.0 the Depth/Normal render passes were not written
+to EXR in our tests (neither as render output nor through the compositor), so this is the reliable route. Light: a sun along ``light_dir`` plus a uniform world light (``ambient``). Blender is slow on CPU
 (~1 s per 256^2 image at 16 spp); it is meant for GPU machines and Objaverse.
 """
 from __future__ import annotations
@@ -66,9 +68,11 @@ def _setup_render(bpy, scene, w, h, samples, device):
     scene.render.resolution_x, scene.render.resolution_y = int(w), int(h)
     scene.render.resolution_percentage = 100
     scene.render.film_transparent = True
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.render.image_settings.color_depth = "16"
+    # one multilayer EXR per view carries every pass (Combined RGBA, Depth, Normal); no compositor needed
+    if hasattr(scene.render.image_settings, "media_type"):  # Blender >= 5.0: choose the media type first
+        scene.render.image_settings.media_type = "MULTI_LAYER_IMAGE"
+    scene.render.image_settings.file_format = "OPEN_EXR_MULTILAYER"
+    scene.render.image_settings.color_depth = "32"
     scene.view_settings.view_transform = "Standard"
     scene.cycles.pixel_filter_type = "BOX"
     scene.cycles.filter_width = 1.0
@@ -77,30 +81,52 @@ def _setup_render(bpy, scene, w, h, samples, device):
     vl.use_pass_normal = True
 
 
-def _compositor(bpy, scene, out_dir):
-    scene.use_nodes = True
-    tree = scene.node_tree
-    for n in list(tree.nodes):
-        tree.nodes.remove(n)
-    rl = tree.nodes.new("CompositorNodeRLayers")
-    fo = tree.nodes.new("CompositorNodeOutputFile")
-    fo.base_path = out_dir
-    fo.format.file_format = "OPEN_EXR"
-    fo.format.color_depth = "32"
-    fo.file_slots.clear()
-    fo.file_slots.new("depth")
-    fo.file_slots.new("normal")
-    tree.links.new(rl.outputs["Depth"], fo.inputs["depth"])
-    tree.links.new(rl.outputs["Normal"], fo.inputs["normal"])
-    return fo
+def _read_exr(path):
+    """{channel name: float32 [H,W]} of a (multilayer) EXR written by Blender."""
+    import OpenEXR
+
+    with OpenEXR.File(path, separate_channels=True) as f:
+        return {name: np.asarray(ch.pixels, np.float32) for name, ch in f.channels().items()}
 
 
-def _read_image(bpy, path, channels):
-    img = bpy.data.images.load(path, check_existing=False)
-    w, h = img.size
-    px = np.array(img.pixels[:], dtype=np.float32).reshape(h, w, img.channels)[::-1]
-    bpy.data.images.remove(img)
-    return px[..., :channels]
+def _pick(chans, *suffixes):
+    for suf in suffixes:
+        for k, v in chans.items():
+            if k.endswith(suf):
+                return v
+    raise KeyError(f"no EXR channel ending with {suffixes}; have {sorted(chans)}")
+
+
+def _ray_cast(bpy, scene, c2w, K, h, w, mask):
+    """Depth (camera z) and world normals at the pixel centres of ``mask`` by casting rays into Blender's
+    scene BVH (``scene.ray_cast``). Used instead of render passes: in bpy 5.0 neither multilayer render
+    output nor the compositor's File Output wrote the Depth/Normal passes in our tests."""
+    from mathutils import Vector
+
+    dg = bpy.context.evaluated_depsgraph_get()
+    fx, fy, cx, cy = K
+    rows, cols = np.nonzero(mask)
+    x = ((cols + 0.5) / w - cx) / fx
+    y = ((rows + 0.5) / h - cy) / fy
+    dirs = np.stack([x, y, np.ones_like(x)], -1) @ c2w[:3, :3].T
+    o = Vector(c2w[:3, 3].tolist())
+    depth = np.zeros((h, w), np.float32)
+    normal = np.zeros((h, w, 3), np.float32)
+    fwd = c2w[:3, 2]
+    for r, c, d in zip(rows, cols, dirs):
+        dn = d / np.linalg.norm(d)
+        hit, loc, nrm, *_ = scene.ray_cast(dg, o, Vector(dn.tolist()))
+        if hit:
+            p = np.array(loc) - c2w[:3, 3]
+            depth[r, c] = float(p @ fwd)
+            nn = np.array(nrm)
+            normal[r, c] = -nn if nn @ dn > 0 else nn
+    return depth, normal
+
+
+def _linear_to_srgb(x):
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
 def render_mesh(
@@ -166,7 +192,6 @@ def render_mesh(
         scene.camera = cam
         cam_data.sensor_fit = "VERTICAL"
         cam_data.clip_start, cam_data.clip_end = 0.01, 100.0
-        fo = _compositor(bpy, scene, tmp)
 
         V = len(c2w)
         rgba = np.zeros((V, h, w, 4), np.float32)
@@ -183,18 +208,20 @@ def render_mesh(
             cam_data.shift_y = (cy - 0.5) * h / m
             cam.matrix_world = Matrix((c2w[i] @ flip).tolist())
             scene.frame_set(1)
-            scene.render.filepath = os.path.join(tmp, f"rgba_{i:03d}.png")
-            fo.file_slots["depth"].path = f"depth_{i:03d}_"
-            fo.file_slots["normal"].path = f"normal_{i:03d}_"
+            scene.render.filepath = os.path.join(tmp, f"view_{i:03d}.exr")
             bpy.ops.render.render(write_still=True)
-            rgba[i] = _read_image(bpy, scene.render.filepath, 4)
-            a = rgba[i, ..., 3]
-            if depth:
-                d = _read_image(bpy, os.path.join(tmp, f"depth_{i:03d}_0001.exr"), 1)[..., 0]
-                dep[i] = np.where(a > 0, np.where(d < 1e9, d, 0.0), 0.0)
-            if normals:
-                n = _read_image(bpy, os.path.join(tmp, f"normal_{i:03d}_0001.exr"), 3)
-                nrm[i] = n * (a[..., None] > 0)
+            ch = _read_exr(scene.render.filepath)
+            a = np.clip(_pick(ch, "Combined.A", ".A"), 0, 1)
+            lin = np.stack([_pick(ch, f"Combined.{c}", f".{c}") for c in "RGB"], -1)
+            # Combined is premultiplied scene-linear: un-premultiply, then sRGB-encode like the GL images
+            straight = np.where(a[..., None] > 1e-6, lin / np.maximum(a[..., None], 1e-6), 0.0)
+            rgba[i] = np.concatenate([_linear_to_srgb(straight), a[..., None]], -1)
+            if depth or normals:
+                d, n = _ray_cast(bpy, scene, c2w[i], K[i], h, w, a > 0)
+                if depth:
+                    dep[i] = d
+                if normals:
+                    nrm[i] = n
     out = {"rgba": rgba}
     if depth:
         out["depth"] = dep

@@ -1,7 +1,7 @@
 """Debian ``libcgal-demo``: dense ``.off`` scans shipped inside ``/usr/share/doc/libcgal-dev/data.tar.gz``
 (bunny, armadillo, elephant, dragon, camel, cow, ...). Geometry only: rendered with a neutral grey (the
 dataset builder does not invent colours for real scans). A curated list of real shapes (not the
-parser/unit-test meshes). Licence: CGAL is GPL-3+/LGPL-3+ (see the package's copyright file).
+parser/unit-test meshes), each rotated to +Z up (``Y_UP``). Licence: CGAL is GPL-3+/LGPL-3+ (see the package's copyright file).
 """
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ CURATED = (
     "rotor", "spool", "triceratops", "turbine", "anchor", "blade", "bones", "couplingdown", "joint",
 )
 
+#: scans stored +Y up (checked visually: upright after rotating +Y to +Z); the rest are +Z up or symmetric
+Y_UP = {"armadillo", "bear", "bull", "bunny00", "cactus", "camel", "ChineseDragon-10kv", "cow", "diplodocus",
+        "elephant", "elk", "head", "homer", "lion", "nefertiti", "pig", "triceratops"}
+
 
 def available():
     return ARCHIVE.is_file(), "apt-get install libcgal-demo"
@@ -34,7 +38,7 @@ def available():
 def load(name: str):
     with tarfile.open(ARCHIVE) as tf:
         data = tf.extractfile(f"data/meshes/{name}.off").read()
-    parts = load_parts(data, "off", "z")
+    parts = load_parts(data, "off", "y" if name in Y_UP else "z")
     for p in parts:
         p.visual = trimesh.visual.ColorVisuals(p, face_colors=np.tile([185, 185, 185, 255], (len(p.faces), 1)))
     return parts

@@ -80,11 +80,15 @@ class _Reader:
             order = list(urls)
             if self.shuffle:
                 random.Random(self.seed * 1000003 + epoch * 7919 + self.rank).shuffle(order)
+            n = 0
             for i, s in enumerate(iter_raw(order, handler=warn_and_skip)):
                 if i % stride == offset:
+                    n += 1
                     yield s
             if not self.repeat:
                 return
+            if n == 0:  # every shard unreadable: fail instead of spinning forever
+                raise RuntimeError(f"no readable samples in {len(order)} shard(s), e.g. {order[0]}")
 
 
 def _background(kind, rng: np.random.Generator) -> np.ndarray:
