@@ -10,29 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+from _images import huge_png
+
 import infer
 from lrm.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
 from lrm.config import load_config
 from lrm.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def huge_png(path, w=20000, h=20000):
-    """A PNG whose header claims w x h (the pixel data is not all there: it must be refused before decoding)."""
-    import io
-    import struct
-    import zlib
-
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = 8  # length(4) type(4) then data
-    data[ihdr + 8:ihdr + 16] = struct.pack(">II", w, h)
-    crc = zlib.crc32(bytes(data[ihdr + 4:ihdr + 8 + 13])) & 0xFFFFFFFF
-    data[ihdr + 8 + 13:ihdr + 8 + 17] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
-    return path
 
 
 def disc_png(path, size=96):

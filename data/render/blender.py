@@ -38,12 +38,6 @@ def available() -> bool:
         return False
 
 
-def _np(x):
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _reset_scene(bpy):
     bpy.ops.wm.read_factory_settings(use_empty=True)
 
@@ -144,18 +138,9 @@ def render_mesh(
     """Render with Blender Cycles; see the module docstring (same conventions as the GL renderer)."""
     import bpy
 
-    if isinstance(mesh, trimesh.Scene):
-        parts = mesh.dump(concatenate=False)
-    elif isinstance(mesh, trimesh.Trimesh):
-        parts = [mesh]
-    else:
-        parts = list(mesh)
-    c2w = _np(c2w).reshape(-1, 4, 4)
-    K = _np(intrinsics).reshape(-1, 4)
-    if len(K) == 1 and len(c2w) > 1:
-        K = np.repeat(K, len(c2w), 0)
-    h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    from lrm.data.render_gl import DEFAULT_LIGHT
+    from lrm.data.render_gl import DEFAULT_LIGHT, render_inputs
+
+    parts, c2w, K, (h, w) = render_inputs(mesh, c2w, intrinsics, resolution)
 
     light = np.asarray(DEFAULT_LIGHT if light_dir is None else light_dir, np.float64)
     light /= max(np.linalg.norm(light), 1e-12)

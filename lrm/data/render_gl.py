@@ -241,6 +241,23 @@ def _np(x) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------------
+def render_inputs(mesh, c2w, intrinsics, resolution):
+    """Normalise a renderer's arguments (shared with the Blender path): mesh/scene/parts -> list of parts,
+    cameras -> [V, 4, 4] and [V, 4] arrays (one intrinsics row broadcast to all views), resolution -> (H, W)."""
+    if isinstance(mesh, trimesh.Scene):
+        parts = mesh.dump(concatenate=False)
+    elif isinstance(mesh, trimesh.Trimesh):
+        parts = [mesh]
+    else:
+        parts = list(mesh)
+    c2w = _np(c2w).reshape(-1, 4, 4)
+    intrinsics = _np(intrinsics).reshape(-1, 4)
+    if len(intrinsics) == 1 and len(c2w) > 1:
+        intrinsics = np.repeat(intrinsics, len(c2w), 0)
+    hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    return parts, c2w, intrinsics, hw
+
+
 def render_mesh(
     mesh: Union[trimesh.Trimesh, trimesh.Scene, Sequence[trimesh.Trimesh]],
     c2w,
@@ -259,17 +276,7 @@ def render_mesh(
     ``resolution`` is an int (square) or (H, W). ``light_dir`` is a world direction *toward* the light
     (default from above-front). ``samples`` is the MSAA sample count (0 = aliased, exact binary alpha).
     """
-    if isinstance(mesh, trimesh.Scene):
-        parts = mesh.dump(concatenate=False)
-    elif isinstance(mesh, trimesh.Trimesh):
-        parts = [mesh]
-    else:
-        parts = list(mesh)
-    c2w = _np(c2w).reshape(-1, 4, 4)
-    intrinsics = _np(intrinsics).reshape(-1, 4)
-    if len(intrinsics) == 1 and len(c2w) > 1:
-        intrinsics = np.repeat(intrinsics, len(c2w), 0)
-    h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    parts, c2w, intrinsics, (h, w) = render_inputs(mesh, c2w, intrinsics, resolution)
     ctx = get_context()
     prog = _local.prog
     samples = min(int(samples), ctx.max_samples)
