@@ -171,3 +171,18 @@ def test_bad_checkpoint_and_output_dir(ckpt, tmp_path, capsys):
         assert rc != 0 and len(err) == 1 and err[0].startswith("error:"), (argv, err)
     for o in ("o1", "o2", "o3"):
         assert not any(p.is_file() for p in (tmp_path / o).rglob("*")) if (tmp_path / o).exists() else True
+
+
+def test_pipeline_uses_the_checkpoints_input_background(tmp_path):
+    """TripoSR checkpoints were trained on inputs composited over grey 0.5: infer.input_background is honoured."""
+    from lrm.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    model = build_model(cfg)
+    img = disc_png(tmp_path / "d.png")
+    white = Pipeline(model, cfg, mc_resolution=17).run(img)
+    cfg.infer = {"input_background": [0.5, 0.5, 0.5], "mc_resolution": 17}
+    grey = Pipeline(model, cfg).run(img)
+    assert np.allclose(white.input_image[0, 0], 1.0) and np.allclose(grey.input_image[0, 0], 0.5)
+    assert not torch.allclose(white.triplane, grey.triplane)
