@@ -166,3 +166,23 @@ def test_nerfacc_backend_agrees_with_torch_path_on_cuda():  # pragma: no cover -
         field, rays_o[None].to(dev), rays_d[None].to(dev))
     fast = make_renderer(backend="nerfacc", n_samples=256, n_importance=0)(field, rays_o[None].to(dev), rays_d[None].to(dev))
     assert (ref["opacity"] - fast["opacity"]).abs().mean() < 0.02
+
+
+def test_inference_reuses_coarse_samples_without_changing_the_image():
+    calls = []
+    base = sphere_field(0.4, 30.0)
+
+    def field(p):
+        calls.append(p.shape[1])
+        return base(p)
+
+    rays_o, rays_d = C.get_rays(C.orbit_camera(20.0, 10.0, 2.0), C.intrinsics_from_fov(40.0), 12, 12)
+    rend = make_renderer(n_samples=16, n_importance=16, sampler="midpoint")
+    with torch.no_grad():
+        fast = rend(field, rays_o[None], rays_d[None])
+    n_fast = sum(calls)
+    calls.clear()
+    slow = rend(field, rays_o[None], rays_d[None])  # autograd on: every sample queried again
+    assert n_fast == 144 * 32 and sum(calls) == 144 * (16 + 32)
+    for k in ("rgb", "opacity", "depth"):
+        assert torch.allclose(fast[k], slow[k], atol=1e-6)

@@ -17,7 +17,9 @@ A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [
    ``rgb = sum w_i c_i + (1 - sum w_i) * background``, ``opacity = sum w_i``,
    ``depth = sum w_i t_i / opacity`` (t along the unit-length ray: distance from the origin point).
 
-Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
+Without autograd (inference) the coarse samples' values are kept and only the importance samples are
+queried; with autograd every sample is queried again so gradients reach all of them. Both give the same
+image (tested). Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
 runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
 (lrm/render/nerfacc_backend.py) when its extension is available.
 """
@@ -149,9 +151,10 @@ class VolumeRenderer:
         t_far = torch.where(valid, t_far, t_near)
         randomize = randomize and cfg.sampler == "stratified"
         t = uniform_samples(t_near, t_far, cfg.n_samples, randomize, generator)
+        reuse = not torch.is_grad_enabled()  # inference: keep the coarse samples' values, query only new ones
         if cfg.n_importance > 0:
             with torch.no_grad():
-                d0, _ = self._query(field, rays_o, rays_d, t)
+                d0, c0 = self._query(field, rays_o, rays_d, t)
                 deltas0 = interval_lengths(t, t_near, t_far)
                 w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), deltas0, t,
                                bg, valid)["weights"]
@@ -162,8 +165,16 @@ class VolumeRenderer:
                 wp = torch.nn.functional.pad(w0, (1, 1))
                 t_fine = sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), cfg.n_importance, randomize,
                                     generator)
-            t, _ = torch.sort(torch.cat([t, t_fine.detach()], -1), -1)
-        density, rgb = self._query(field, rays_o, rays_d, t)
+            if reuse:
+                d1, c1 = self._query(field, rays_o, rays_d, t_fine)
+                t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
+                density = torch.cat([d0, d1], -1).gather(-1, order)
+                rgb = torch.cat([c0, c1], -2).gather(-2, order[..., None].expand(*order.shape, 3))
+            else:
+                t, _ = torch.sort(torch.cat([t, t_fine.detach()], -1), -1)
+                density, rgb = self._query(field, rays_o, rays_d, t)
+        else:
+            density, rgb = self._query(field, rays_o, rays_d, t)
         if cfg.step == "normalized":
             deltas = torch.full_like(t, 1.0 / cfg.n_samples)
         elif cfg.step == "world":
