@@ -156,6 +156,25 @@ def test_world_size_mismatch_is_an_error():
     check_world_size(1, {})
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 .* num_processes=1"):
         check_world_size(1, {"WORLD_SIZE": "2"})
+    with pytest.raises(RuntimeError, match="asked for --num_processes 2 but started 1"):
+        check_world_size(1, {}, requested=2)
+    check_world_size(1, {}, requested=1)
+
+
+def test_launcher_request_read_from_parent(tmp_path):
+    """accelerate launch --num_processes 2 --cpu: one process runs; the trainer reads the request and stops."""
+    from lrm.training.trainer import launcher_requested_processes
+
+    assert launcher_requested_processes() is None  # pytest's parent is no accelerate launcher
+    script = tmp_path / "accelerate"  # argv like the real launcher: python .../bin/accelerate launch ...
+    script.write_text("import time\ntime.sleep(30)\n")
+    fake = subprocess.Popen([PY, str(script), "launch", "--num_processes", "2", "--cpu", "train.py"])
+    try:
+        time.sleep(0.2)
+        assert launcher_requested_processes(fake.pid) == 2
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def test_unknown_train_key_is_an_error():

@@ -58,9 +58,26 @@ def build_config(config: Optional[str], overrides: Sequence[str] = (), max_steps
     return cfg
 
 
-def check_world_size(num_processes: int, env=None) -> None:
-    """Stop when the launcher started more processes than this one can see (accelerate would silently train
-    N independent copies), e.g. ``accelerate launch --num_processes 2 --cpu`` or torchrun without gloo."""
+def launcher_requested_processes(pid: Optional[int] = None) -> Optional[int]:
+    """``--num_processes N`` of an ``accelerate launch`` parent process (Linux /proc), else None."""
+    try:
+        args = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not any("accelerate" in a for a in args[:3]):
+        return None
+    for i, a in enumerate(args):
+        if a.startswith("--num_processes="):
+            return int(a.split("=", 1)[1])
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            return int(args[i + 1])
+    return None
+
+
+def check_world_size(num_processes: int, env=None, requested: Optional[int] = None) -> None:
+    """Stop when the launcher started (or was asked for) a different number of processes than accelerate
+    sees: N copies would each train alone (duplicated work), or one process would run where N were asked for
+    (``accelerate launch --num_processes 2 --cpu`` does that)."""
     env = os.environ if env is None else env
     ws = env.get("WORLD_SIZE")
     if ws is not None and int(ws) != int(num_processes):
@@ -68,6 +85,11 @@ def check_world_size(num_processes: int, env=None) -> None:
             f"the launcher started WORLD_SIZE={ws} processes but accelerate sees num_processes={num_processes}: "
             "training would be duplicated, not distributed. On CPU launch with `torchrun --nproc_per_node N "
             "train.py` or `accelerate launch --multi_gpu --num_processes N train.py` (see docs/training.md).")
+    if ws is None and requested is not None and int(requested) != int(num_processes):
+        raise RuntimeError(
+            f"accelerate launch was asked for --num_processes {requested} but started {num_processes} process(es) "
+            "(`--cpu` with several processes needs an MPI host file and silently runs one). On CPU use "
+            "`accelerate launch --multi_gpu --num_processes N train.py` or `torchrun --nproc_per_node N train.py`.")
 
 
 def _mixed_precision(tcfg) -> Optional[str]:
@@ -291,7 +313,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
 
     tcfg = cfg.train
     accelerator = make_accelerator(cfg)
-    check_world_size(accelerator.num_processes)
+    check_world_size(accelerator.num_processes, requested=launcher_requested_processes())
     is_main = accelerator.is_main_process
     run_dir = Path(output_dir or Path(tcfg.output_root) / (tcfg.run_name or cfg.name))
     if is_main:
