@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 REFERENCE = {"small": {"s_per_step": 9.70, "peak_rss_gb": 3.93}}
 
 STEP_OVERRIDES = {
-    "tiny": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+    "tiny": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
              "train.render.rays_per_view=512", "train.loss.tv=0.0"],
-    "small": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+    "small": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
               "train.render.rays_per_view=4096", "train.loss.tv=0.01"],  # 2 views x 64x64 rays, MSE + TV
 }
 

@@ -187,7 +187,14 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
         rows = (oy + gy).reshape(b, k, -1)
         cols = (ox + gx).reshape(b, k, -1)
     elif 0 < n_rays < h * w:
-        flat = torch.randint(0, h * w, (b, k, n_rays), generator=generator, device=dev)
+        fg = float(rcfg.get("fg_fraction", 0.0))
+        if fg > 0:  # mixture: fg of the rays from foreground pixels, the rest uniform over the image
+            m = (mask.reshape(b * k, h * w) > 0.5).float()
+            p = (1 - fg) / (h * w) + fg * m / m.sum(-1, keepdim=True).clamp_min(1.0)
+            p = torch.where(m.sum(-1, keepdim=True) > 0, p, torch.full_like(p, 1.0 / (h * w)))
+            flat = torch.multinomial(p, n_rays, replacement=True, generator=generator).reshape(b, k, n_rays)
+        else:
+            flat = torch.randint(0, h * w, (b, k, n_rays), generator=generator, device=dev)
         rows, cols = flat // w, flat % w
     else:
         rows = torch.arange(h, device=dev).repeat_interleave(w).expand(b, k, -1)
