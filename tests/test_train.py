@@ -313,3 +313,19 @@ def test_accelerate_config_files(name, kind, stage):
     cfg = _cfg("train.batch_size=2", "train.grad_accum=4")
     fill_auto(ds, cfg, c.num_processes)
     assert ds["train_batch_size"] == 2 * 4 * 8 and ds["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_tensorboard_scalars_and_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_cfg("train.val_every=1", "train.image_every=2", "train.log_every=1", "train.loss.tv=0.01",
+               "data.synthetic.num_val_objects=2", steps=2), output_dir=str(tmp_path / "tb"))
+    ea = EventAccumulator(str(tmp_path / "tb" / "tb"))
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    assert {"loss/rgb", "loss/mask", "loss/tv", "loss/total", "train/lr", "train/grad_norm", "train/samples_per_s",
+            "val/psnr", "val/mask_iou"} <= scalars
+    assert [e.step for e in ea.Scalars("val/psnr")] == [1, 2]
+    img = ea.Images("val/input_target_prediction")
+    assert len(img) == 1 and img[0].step == 2
+    assert (img[0].height, img[0].width) == (2 * 2 * 24, 3 * 24)  # 2 objects x (target row, prediction row)
