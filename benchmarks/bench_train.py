@@ -56,7 +56,7 @@ def measure_step(name: str, steps: int, threads: int, extra) -> dict:
     model = build_model(cfg)
     model.train()
     opt = make_optimizer(model, cfg.train)
-    step = TrainStep(model)
+    step = TrainStep(model, int(cfg.train.render.checkpoint_rays))
     batch = make_source(cfg, "train", 0, 1).get(0)  # fixed batch: data loading excluded
     rss_before = _rss_gb()
     times, fwd = [], []

@@ -50,6 +50,9 @@ TRAIN_DEFAULTS = {
         # share of the random pixels drawn from the object's mask (the rest uniformly): object-centric data
         # is mostly background, and uniform rays alone can settle on "render nothing"
         "fg_fraction": 0.5,
+        # > 0: render in chunks of this many rays per image under activation checkpointing (render memory of
+        # one chunk instead of all rays, for one extra decoder forward); 0 = off
+        "checkpoint_rays": 0,
     },
     "loss": {
         "rgb": 1.0,

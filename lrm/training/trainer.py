@@ -211,16 +211,44 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
 
 class TrainStep(torch.nn.Module):
     """The LRM plus its ray rendering as ONE forward, so DDP / DeepSpeed (ZeRO-3 included) see every
-    parameter use inside the wrapped module's forward. State-dict keys get the prefix ``lrm.``."""
+    parameter use inside the wrapped module's forward. State-dict keys get the prefix ``lrm.``.
 
-    def __init__(self, lrm: torch.nn.Module):
+    ``checkpoint_rays > 0`` renders the rays in chunks of that many per image under activation checkpointing:
+    each chunk's samples are re-drawn from a per-chunk seed and its decoder activations recomputed in the
+    backward pass, so render memory is one chunk's instead of all rays' (one extra decoder forward)."""
+
+    def __init__(self, lrm: torch.nn.Module, checkpoint_rays: int = 0):
         super().__init__()
         self.lrm = lrm
+        self.checkpoint_rays = int(checkpoint_rays)
+        self.use_checkpoint = True  # False: same chunks and seeds without recomputation (tests)
+
+    def _chunk(self, tri, rays_o, rays_d, background, seed):
+        g = None
+        if seed is not None:
+            g = torch.Generator(device=rays_o.device)
+            g.manual_seed(seed)
+        return self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=g)
 
     def forward(self, images, cameras, rays_o, rays_d, background, generator=None):
         tri = self.lrm(images, cameras)
-        out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=generator)
-        return out, tri
+        c = self.checkpoint_rays
+        if c <= 0 or c >= rays_o.shape[1]:
+            out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background,
+                                       generator=generator)
+            return out, tri
+        from torch.utils.checkpoint import checkpoint
+
+        outs = []
+        for i in range(0, rays_o.shape[1], c):
+            seed = None if generator is None else int(torch.randint(0, 2 ** 62, (1,), generator=generator,
+                                                                    device=generator.device))
+            args = (tri, rays_o[:, i:i + c], rays_d[:, i:i + c], background, seed)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                outs.append(checkpoint(self._chunk, *args, use_reentrant=False))
+            else:
+                outs.append(self._chunk(*args))
+        return {k: torch.cat([o[k] for o in outs], 1) for k in outs[0]}, tri
 
 
 def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
@@ -342,7 +370,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     model.train()
     optimizer = make_optimizer(model, tcfg)
     scheduler = make_scheduler(optimizer, tcfg)
-    model, optimizer, scheduler = accelerator.prepare(TrainStep(model), optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(
+        TrainStep(model, int(tcfg.render.checkpoint_rays)), optimizer, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_dir is not None:
