@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 REFERENCE = {"small": {"s_per_step": 9.70, "peak_rss_gb": 3.93}}
 
 STEP_OVERRIDES = {
-    "tiny": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+    "tiny": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
              "train.render.rays_per_view=512", "train.loss.tv=0.0"],
-    "small": ["data.source=synthetic", "data.image_size=64", "data.num_views_target=2",
+    "small": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
               "train.render.rays_per_view=4096", "train.loss.tv=0.01"],  # 2 views x 64x64 rays, MSE + TV
 }
 
@@ -56,7 +56,7 @@ def measure_step(name: str, steps: int, threads: int, extra) -> dict:
     model = build_model(cfg)
     model.train()
     opt = make_optimizer(model, cfg.train)
-    step = TrainStep(model)
+    step = TrainStep(model, int(cfg.train.render.checkpoint_rays))
     batch = make_source(cfg, "train", 0, 1).get(0)  # fixed batch: data loading excluded
     rss_before = _rss_gb()
     times, fwd = [], []
@@ -84,10 +84,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def measure_procs(nproc: int, steps: int, extra) -> dict:
+def measure_procs(nproc: int, steps: int, extra, threads: int = 0) -> dict:
     """Trainer throughput (objects/s, steady state) on tiny with nproc processes sharing the machine's cores."""
     out = Path(tempfile.mkdtemp(prefix=f"bench_train_{nproc}p_"))
-    threads = max(1, (os.cpu_count() or 2) // nproc)
+    threads = threads or max(1, (os.cpu_count() or 2) // nproc)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     # the run folder is the last argument; everything before it is key=value overrides
     code = ("import json,sys\nfrom lrm.training.trainer import build_config, train\n"
@@ -123,6 +123,8 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--proc-steps", type=int, default=12, help="trainer steps per run for 1 vs 2 processes (0: skip)")
+    p.add_argument("--proc-threads", type=int, default=0,
+                   help="torch threads per process in the 1-vs-2 runs (0: cores / processes)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
@@ -151,7 +153,7 @@ def main():
     if a.proc_steps > 0:
         for n in (1, 2):
             try:
-                procs.append(measure_procs(n, a.proc_steps, a.overrides))
+                procs.append(measure_procs(n, a.proc_steps, a.overrides, a.proc_threads))
             except RuntimeError as e:
                 print(f"{n} processes: failed\n{e}")
         print("\n| processes | threads each | s/step | objects/s (tiny, batch 1 per process) |")

@@ -156,6 +156,25 @@ def test_world_size_mismatch_is_an_error():
     check_world_size(1, {})
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 .* num_processes=1"):
         check_world_size(1, {"WORLD_SIZE": "2"})
+    with pytest.raises(RuntimeError, match="asked for --num_processes 2 but started 1"):
+        check_world_size(1, {}, requested=2)
+    check_world_size(1, {}, requested=1)
+
+
+def test_launcher_request_read_from_parent(tmp_path):
+    """accelerate launch --num_processes 2 --cpu: one process runs; the trainer reads the request and stops."""
+    from lrm.training.trainer import launcher_requested_processes
+
+    assert launcher_requested_processes() is None  # pytest's parent is no accelerate launcher
+    script = tmp_path / "accelerate"  # argv like the real launcher: python .../bin/accelerate launch ...
+    script.write_text("import time\ntime.sleep(30)\n")
+    fake = subprocess.Popen([PY, str(script), "launch", "--num_processes", "2", "--cpu", "train.py"])
+    try:
+        time.sleep(0.2)
+        assert launcher_requested_processes(fake.pid) == 2
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def test_unknown_train_key_is_an_error():
@@ -294,3 +313,42 @@ def test_accelerate_config_files(name, kind, stage):
     cfg = _cfg("train.batch_size=2", "train.grad_accum=4")
     fill_auto(ds, cfg, c.num_processes)
     assert ds["train_batch_size"] == 2 * 4 * 8 and ds["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_tensorboard_scalars_and_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_cfg("train.val_every=1", "train.image_every=2", "train.log_every=1", "train.loss.tv=0.01",
+               "data.synthetic.num_val_objects=2", steps=2), output_dir=str(tmp_path / "tb"))
+    ea = EventAccumulator(str(tmp_path / "tb" / "tb"))
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    assert {"loss/rgb", "loss/mask", "loss/tv", "loss/total", "train/lr", "train/grad_norm", "train/samples_per_s",
+            "val/psnr", "val/mask_iou"} <= scalars
+    assert [e.step for e in ea.Scalars("val/psnr")] == [1, 2]
+    img = ea.Images("val/input_target_prediction")
+    assert len(img) == 1 and img[0].step == 2
+    assert (img[0].height, img[0].width) == (2 * 2 * 24, 3 * 24)  # 2 objects x (target row, prediction row)
+
+
+def test_checkpointed_rendering_gives_same_gradients():
+    """train.render.checkpoint_rays: recomputed chunks reproduce their random samples exactly."""
+    from lrm.models import build_model
+    from lrm.training.data import make_source
+    from lrm.training.trainer import TrainStep, _step_generator, step_losses
+
+    cfg = _cfg("train.render.checkpoint_rays=48")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = make_source(cfg, "train", 0, 1).get(0)
+    grads = []
+    for use in (False, True):
+        step = TrainStep(model, 48)
+        step.use_checkpoint = use
+        model.zero_grad()
+        terms = step_losses(step, batch, cfg.train, _step_generator(0, 0, 0, 0, "cpu"))
+        terms["total"].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[1])

@@ -65,7 +65,7 @@ def training_view_psnr(model, cfg):
 
 @pytest.mark.slow
 def test_overfit_single_object_psnr(tmp_path):
-    cfg = build_config("tiny", OVERFIT, max_steps=400)
+    cfg = build_config("tiny", OVERFIT, max_steps=600)
     res = train(cfg, output_dir=str(tmp_path / "overfit"))
     value = training_view_psnr(res["model"], cfg)
     print(f"training-view PSNR after {res['step']} steps: {value:.2f} dB")

@@ -47,6 +47,12 @@ TRAIN_DEFAULTS = {
     "render": {
         "rays_per_view": 1024,  # random pixels per supervision view (0 = all pixels)
         "patch_size": 0,  # > 0: one random patch of this side per view instead of random pixels
+        # share of the random pixels drawn from the object's mask (the rest uniformly): object-centric data
+        # is mostly background, and uniform rays alone can settle on "render nothing"
+        "fg_fraction": 0.5,
+        # > 0: render in chunks of this many rays per image under activation checkpointing (render memory of
+        # one chunk instead of all rays, for one extra decoder forward); 0 = off
+        "checkpoint_rays": 0,
     },
     "loss": {
         "rgb": 1.0,

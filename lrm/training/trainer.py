@@ -58,9 +58,26 @@ def build_config(config: Optional[str], overrides: Sequence[str] = (), max_steps
     return cfg
 
 
-def check_world_size(num_processes: int, env=None) -> None:
-    """Stop when the launcher started more processes than this one can see (accelerate would silently train
-    N independent copies), e.g. ``accelerate launch --num_processes 2 --cpu`` or torchrun without gloo."""
+def launcher_requested_processes(pid: Optional[int] = None) -> Optional[int]:
+    """``--num_processes N`` of an ``accelerate launch`` parent process (Linux /proc), else None."""
+    try:
+        args = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not any("accelerate" in a for a in args[:3]):
+        return None
+    for i, a in enumerate(args):
+        if a.startswith("--num_processes="):
+            return int(a.split("=", 1)[1])
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            return int(args[i + 1])
+    return None
+
+
+def check_world_size(num_processes: int, env=None, requested: Optional[int] = None) -> None:
+    """Stop when the launcher started (or was asked for) a different number of processes than accelerate
+    sees: N copies would each train alone (duplicated work), or one process would run where N were asked for
+    (``accelerate launch --num_processes 2 --cpu`` does that)."""
     env = os.environ if env is None else env
     ws = env.get("WORLD_SIZE")
     if ws is not None and int(ws) != int(num_processes):
@@ -68,6 +85,11 @@ def check_world_size(num_processes: int, env=None) -> None:
             f"the launcher started WORLD_SIZE={ws} processes but accelerate sees num_processes={num_processes}: "
             "training would be duplicated, not distributed. On CPU launch with `torchrun --nproc_per_node N "
             "train.py` or `accelerate launch --multi_gpu --num_processes N train.py` (see docs/training.md).")
+    if ws is None and requested is not None and int(requested) != int(num_processes):
+        raise RuntimeError(
+            f"accelerate launch was asked for --num_processes {requested} but started {num_processes} process(es) "
+            "(`--cpu` with several processes needs an MPI host file and silently runs one). On CPU use "
+            "`accelerate launch --multi_gpu --num_processes N train.py` or `torchrun --nproc_per_node N train.py`.")
 
 
 def _mixed_precision(tcfg) -> Optional[str]:
@@ -165,7 +187,14 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
         rows = (oy + gy).reshape(b, k, -1)
         cols = (ox + gx).reshape(b, k, -1)
     elif 0 < n_rays < h * w:
-        flat = torch.randint(0, h * w, (b, k, n_rays), generator=generator, device=dev)
+        fg = float(rcfg.get("fg_fraction", 0.0))
+        if fg > 0:  # mixture: fg of the rays from foreground pixels, the rest uniform over the image
+            m = (mask.reshape(b * k, h * w) > 0.5).float()
+            p = (1 - fg) / (h * w) + fg * m / m.sum(-1, keepdim=True).clamp_min(1.0)
+            p = torch.where(m.sum(-1, keepdim=True) > 0, p, torch.full_like(p, 1.0 / (h * w)))
+            flat = torch.multinomial(p, n_rays, replacement=True, generator=generator).reshape(b, k, n_rays)
+        else:
+            flat = torch.randint(0, h * w, (b, k, n_rays), generator=generator, device=dev)
         rows, cols = flat // w, flat % w
     else:
         rows = torch.arange(h, device=dev).repeat_interleave(w).expand(b, k, -1)
@@ -182,16 +211,44 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
 
 class TrainStep(torch.nn.Module):
     """The LRM plus its ray rendering as ONE forward, so DDP / DeepSpeed (ZeRO-3 included) see every
-    parameter use inside the wrapped module's forward. State-dict keys get the prefix ``lrm.``."""
+    parameter use inside the wrapped module's forward. State-dict keys get the prefix ``lrm.``.
 
-    def __init__(self, lrm: torch.nn.Module):
+    ``checkpoint_rays > 0`` renders the rays in chunks of that many per image under activation checkpointing:
+    each chunk's samples are re-drawn from a per-chunk seed and its decoder activations recomputed in the
+    backward pass, so render memory is one chunk's instead of all rays' (one extra decoder forward)."""
+
+    def __init__(self, lrm: torch.nn.Module, checkpoint_rays: int = 0):
         super().__init__()
         self.lrm = lrm
+        self.checkpoint_rays = int(checkpoint_rays)
+        self.use_checkpoint = True  # False: same chunks and seeds without recomputation (tests)
+
+    def _chunk(self, tri, rays_o, rays_d, background, seed):
+        g = None
+        if seed is not None:
+            g = torch.Generator(device=rays_o.device)
+            g.manual_seed(seed)
+        return self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=g)
 
     def forward(self, images, cameras, rays_o, rays_d, background, generator=None):
         tri = self.lrm(images, cameras)
-        out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=generator)
-        return out, tri
+        c = self.checkpoint_rays
+        if c <= 0 or c >= rays_o.shape[1]:
+            out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background,
+                                       generator=generator)
+            return out, tri
+        from torch.utils.checkpoint import checkpoint
+
+        outs = []
+        for i in range(0, rays_o.shape[1], c):
+            seed = None if generator is None else int(torch.randint(0, 2 ** 62, (1,), generator=generator,
+                                                                    device=generator.device))
+            args = (tri, rays_o[:, i:i + c], rays_d[:, i:i + c], background, seed)
+            if self.use_checkpoint and torch.is_grad_enabled():
+                outs.append(checkpoint(self._chunk, *args, use_reentrant=False))
+            else:
+                outs.append(self._chunk(*args))
+        return {k: torch.cat([o[k] for o in outs], 1) for k in outs[0]}, tri
 
 
 def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
@@ -291,7 +348,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
 
     tcfg = cfg.train
     accelerator = make_accelerator(cfg)
-    check_world_size(accelerator.num_processes)
+    check_world_size(accelerator.num_processes, requested=launcher_requested_processes())
     is_main = accelerator.is_main_process
     run_dir = Path(output_dir or Path(tcfg.output_root) / (tcfg.run_name or cfg.name))
     if is_main:
@@ -313,7 +370,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     model.train()
     optimizer = make_optimizer(model, tcfg)
     scheduler = make_scheduler(optimizer, tcfg)
-    model, optimizer, scheduler = accelerator.prepare(TrainStep(model), optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(
+        TrainStep(model, int(tcfg.render.checkpoint_rays)), optimizer, scheduler)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_dir is not None:
