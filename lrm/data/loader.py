@@ -164,7 +164,13 @@ def collate(samples: List[dict]) -> dict:
 
 
 def _worker_init(_):
+    import signal
+
     torch.set_num_threads(1)
+    # A SIGTERM/SIGINT sent to the whole process group (Ctrl-C, SLURM, `kill -- -PGID`) must reach only the
+    # trainer, which checkpoints and then shuts its workers down; a worker killed first would crash it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(
