@@ -352,3 +352,21 @@ def test_checkpointed_rendering_gives_same_gradients():
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     assert any(g.abs().sum() > 0 for g in grads[1])
+
+
+def test_curves_reads_resumed_runs_and_plots(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lrm.training.curves import main as curves_main, read_scalars
+
+    for start in (0, 5):  # a run resumed once writes two event files; the later one wins on repeated steps
+        w = SummaryWriter(str(tmp_path / "run" / "tb"), filename_suffix=f".{start}")
+        for s in range(start, start + 10):
+            w.add_scalar("val/psnr", float(s + start), s)
+        w.close()
+    series = read_scalars(tmp_path / "run")
+    steps = dict(series["val/psnr"])
+    assert sorted(steps) == list(range(15)) and steps[7] == 12.0
+    assert curves_main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert curves_main([str(tmp_path / "nothing")]) == 2
