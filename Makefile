@@ -24,8 +24,7 @@ install: install-system
 	$(PIP) install -q -e ".[dev,data]"
 
 demo: install
-	$(PYTHON) -m lrm.models.summary tiny
-	$(PYTHON) benchmarks/bench_model.py --configs tiny
+	$(PYTHON) infer.py examples/duck.png --out outputs/demo --video
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -38,8 +38,8 @@ INFER_DEFAULTS = dict(
     coarse_factor=4,
     texture="vertex",  # vertex | uv
     texture_size=1024,
-    video_frames=36,
-    video_resolution=128,
+    video_frames=24,
+    video_resolution=96,
     video_elevation=20.0,
     chunk=262144,
 )
