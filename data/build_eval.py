@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -84,6 +83,7 @@ def write_object(obj, out: Path, resolution: int = 256, samples: int = 4) -> dic
     from lrm.data.shards import uid_rng
     from lrm.data.mesh import normalize_parts, to_vertex_colored, transform_parts
     from lrm.data.render_gl import render_mesh
+    from lrm.evaluate.evalset import write_eval_object
 
     parts, T = normalize_parts(obj.load())
     rng = uid_rng(obj.uid, "eval-input")
@@ -104,21 +104,18 @@ def write_object(obj, out: Path, resolution: int = 256, samples: int = 4) -> dic
         from lrm.data.mesh import MeshError
 
         raise MeshError("renders empty from the input view")
-    d_obj = out / obj.uid
-    d_obj.mkdir(parents=True, exist_ok=True)
-    to_vertex_colored(parts_c).export(str(d_obj / "gt_mesh.ply"))
-    tmp = d_obj / "views.tmp.npz"
-    np.savez_compressed(tmp, rgba=rgba, c2w=c2w.astype(np.float32), intrinsics=K.astype(np.float32),
-                        input_indices=np.array([0]), novel_indices=np.arange(1, len(c2w)))
-    os.replace(tmp, d_obj / "views.npz")
     record = {
-        "uid": obj.uid, "source": obj.source, "licence": obj.licence, "meta": obj.meta,
+        "source": obj.source, "licence": obj.licence, "meta": obj.meta,
         "normalization": T.tolist(), "canonical_transform": M.tolist(),
         "input_azimuth_world": az0, "input_elevation_world": el0, "resolution": resolution,
         "fov_deg": PROTOCOL["fov_deg"], "distance": d, "renderer": "moderngl-egl",
         "faces": int(sum(len(p.faces) for p in parts)),
     }
-    (d_obj / "record.json").write_text(json.dumps(record, indent=1))
+    # one writer for the eval-set format (the manifest is rewritten with build details by build_eval)
+    write_eval_object(out, obj.uid, to_vertex_colored(parts_c), rgba, c2w.astype(np.float32), K.astype(np.float32),
+                      [0], np.arange(1, len(c2w)), record, dict(PROTOCOL, input_resolution=resolution,
+                                                                 resolution=resolution))
+    record["uid"] = obj.uid
     return record
 
 

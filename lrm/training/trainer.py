@@ -19,12 +19,11 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from .. import cameras as cam
 from ..config import load_config, save_config
