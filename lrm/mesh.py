@@ -80,6 +80,24 @@ def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[n
     return v, f.astype(np.int64)  # wound so normals point out of the dense region (tested)
 
 
+def field_query(model, triplane, key: str, chunk: int = 262144, device="cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """``fn(points [M, 3] numpy) -> numpy`` evaluating ``model.query(triplane, ...)[key]`` in chunks, no grad.
+
+    ``key`` is ``"density"`` ([M]) or ``"rgb"`` ([M, 3]); shared by the pipeline and the evaluation harness.
+    """
+    def fn(points: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(points), chunk):
+                p = torch.from_numpy(np.asarray(points[i:i + chunk], np.float32)).to(device)
+                out.append(model.query(triplane, p[None])[key][0].float().cpu().numpy())
+        if out:
+            return np.concatenate(out)
+        return np.zeros((0, 3) if key == "rgb" else (0,), np.float32)
+
+    return fn
+
+
 def to_viewer_frame(vertices: np.ndarray) -> np.ndarray:
     return vertices @ VIEWER_FROM_CANONICAL[:3, :3].T
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from . import cameras as C
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .mesh import bake_uv_texture, build_trimesh, density_grid, marching_cubes, to_viewer_frame
+from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, to_viewer_frame
 from .preprocess import InputError, preprocess
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,7 @@ class Pipeline:
         return lambda p: self.model.query(triplane, p[None])["density"][0]
 
     def color_fn(self, triplane):
-        def fn(points: np.ndarray) -> np.ndarray:
-            out = []
-            with torch.no_grad():
-                for i in range(0, len(points), self.opts["chunk"]):
-                    p = torch.from_numpy(np.asarray(points[i:i + self.opts["chunk"]], np.float32)).to(self.device)
-                    out.append(self.model.query(triplane, p[None])["rgb"][0].float().cpu().numpy())
-            return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
-
-        return fn
+        return field_query(self.model, triplane, "rgb", self.opts["chunk"], self.device)
 
     def extract_mesh(self, triplane, timings: Dict[str, float], stats: dict):
         o, radius = self.opts, self.cfg.model.render.radius

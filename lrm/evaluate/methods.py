@@ -326,34 +326,18 @@ class ModelAdapter:
         with torch.no_grad():
             return self.model(x, camv[None].to(self.device))
 
-    def _query(self, triplane, pts: np.ndarray, key: str) -> np.ndarray:
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(pts), self.chunk):
-                p = torch.from_numpy(np.asarray(pts[i:i + self.chunk], np.float32)).to(self.device)
-                out.append(self.model.query(triplane, p[None])[key][0].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
     def mesh(self, triplane):
-        import trimesh
-        from skimage.measure import marching_cubes
-
-        from .metrics import grid_points
+        from ..mesh import build_trimesh, density_grid, field_query, marching_cubes
 
         n, R = self.mc_resolution, self.radius
-        dens = self._query(triplane, grid_points(n, R), "density").reshape(n, n, n)
+        density = lambda p: self.model.query(triplane, p[None])["density"][0]  # noqa: E731
+        dens, _ = density_grid(density, n, R, self.threshold, coarse_factor=1, chunk=self.chunk, device=self.device)
         stats = {"density_max": float(dens.max()), "density_mean": float(dens.mean())}
         if not (dens.max() > self.threshold > dens.min()):
             return None, {**stats, "note": f"density never crosses threshold {self.threshold:g}: empty mesh"}
-        verts, faces, _, _ = marching_cubes(dens, self.threshold)
-        verts = (verts + 0.5) * (2 * R / n) - R
-        # skimage orients faces for increasing values; density grows inward, so flip to outward normals
-        mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=False)
-        rgb = self._query(triplane, verts, "rgb")
-        mesh.visual.vertex_colors = np.c_[(np.clip(rgb, 0, 1) * 255).astype(np.uint8), np.full(len(rgb), 255, np.uint8)]
-        return mesh, stats
+        verts, faces = marching_cubes(dens, self.threshold, R)  # outward normals (tested in tests/test_mesh.py)
+        rgb = field_query(self.model, triplane, "rgb", self.chunk, self.device)(verts)
+        return build_trimesh(verts, faces, rgb), stats
 
     def renderer(self, triplane, background=(1.0, 1.0, 1.0), render_resolution=None):
         """Protocol renderer for ``triplane``; with ``render_resolution`` set it renders at that size and
