@@ -225,8 +225,8 @@ def test_two_process_ddp_ranks_agree(tmp_path):
            str(ROOT / "tests" / "_train_dump_ranks.py"), str(tmp_path / "ddp"), *MICRO, "train.ckpt_every=2"]
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
-    w0 = torch.load(tmp_path / "ddp" / "rank0.pt")
-    w1 = torch.load(tmp_path / "ddp" / "rank1.pt")
+    w0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
     assert w0["num_processes"] == w1["num_processes"] == 2
     assert w0["samples"] == 2 * 3  # 3 steps x batch 1 x 2 processes
     for k in w0["weights"]:
