@@ -29,14 +29,14 @@ def _grid_points(idx: torch.Tensor, n: int, radius: float) -> torch.Tensor:
     return idx.float() * (2 * radius / (n - 1)) - radius
 
 
-def query_chunked(query: Query, points: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+def query_chunked(query: Query, points: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
     out = [query(points[i:i + chunk]) for i in range(0, points.shape[0], chunk)]
     return torch.cat(out) if out else points.new_zeros(0)
 
 
 @torch.no_grad()
 def density_grid(query: Query, resolution: int, radius: float, threshold: float, coarse_factor: int = 4,
-                 band: float = 0.5, chunk: int = 262144, device="cpu") -> Tuple[np.ndarray, dict]:
+                 band: float = 0.5, chunk: int = 32768, device="cpu") -> Tuple[np.ndarray, dict]:
     """Density on the N^3 grid of points spanning [-R, R]^3. Returns (grid, stats)."""
     n, f = int(resolution), int(coarse_factor)
     if f <= 1 or (n - 1) % f != 0 or (n - 1) // f < 2:
@@ -61,7 +61,12 @@ def density_grid(query: Query, resolution: int, radius: float, threshold: float,
         off = torch.arange(f + 1, device=device)
         local = torch.stack(torch.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)
         idx = (blocks[:, None, :] * f + local[None]).reshape(-1, 3)
-        idx = torch.unique(idx, dim=0)
+        # de-duplicate the points that neighbouring blocks share through a flat occupancy mask (O(N^3), much
+        # faster than a sort-based torch.unique(dim=0))
+        taken = torch.zeros(n ** 3, dtype=torch.bool, device=device)
+        taken[(idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2]] = True
+        flat = taken.nonzero().squeeze(1)
+        idx = torch.stack([flat // (n * n), (flat // n) % n, flat % n], -1)
         vals = query_chunked(query, _grid_points(idx, n, radius), chunk)
         full[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
         queries += idx.shape[0]
@@ -80,7 +85,7 @@ def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[n
     return v, f.astype(np.int64)  # wound so normals point out of the dense region (tested)
 
 
-def field_query(model, triplane, key: str, chunk: int = 262144, device="cpu") -> Callable[[np.ndarray], np.ndarray]:
+def field_query(model, triplane, key: str, chunk: int = 32768, device="cpu") -> Callable[[np.ndarray], np.ndarray]:
     """``fn(points [M, 3] numpy) -> numpy`` evaluating ``model.query(triplane, ...)[key]`` in chunks, no grad.
 
     ``key`` is ``"density"`` ([M]) or ``"rgb"`` ([M, 3]); shared by the pipeline and the evaluation harness.

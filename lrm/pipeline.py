@@ -41,7 +41,7 @@ INFER_DEFAULTS = dict(
     video_frames=24,
     video_resolution=96,
     video_elevation=20.0,
-    chunk=262144,
+    chunk=32768,
 )
 
 

@@ -308,7 +308,7 @@ class ModelAdapter:
     (composited on white) and its real camera go to the model; the triplane's density is sampled on a dense
     grid over [-R, R]^3, marching cubes at ``threshold`` gives the mesh, the decoder gives vertex colours."""
 
-    def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 131072):
+    def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 32768):
         import torch
 
         self.model = model.to(device).eval()
