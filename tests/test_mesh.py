@@ -60,3 +60,27 @@ def test_uv_bake_reproduces_a_colour_field():
     py = np.clip(((1 - uv[:, 1]) * 256).astype(int), 0, 255)
     err = np.abs(tex[py, px] / 255.0 - color(v)).mean()
     assert err < 0.03
+
+
+def test_mesh_silhouette_iou_of_an_analytic_ball():
+    """A ball of density 10 and radius 0.5: its mesh at level 5 has the silhouette of the ball (rays that
+    pass within 0.5 of the centre, computed here in closed form); at level 20 there is no mesh."""
+    from types import SimpleNamespace
+
+    from lrm import cameras as C
+    from lrm.training.validation import mesh_silhouette_ious
+
+    class Ball:
+        cfg = SimpleNamespace(render=SimpleNamespace(radius=0.87))
+
+        def query(self, triplane, p):
+            return {"density": 10.0 * (p.norm(dim=-1) < 0.5).float()}
+
+    c2w = C.orbit_cameras(3, 20.0, 2.0)
+    intr = C.intrinsics_from_fov(40.0).expand(3, 4)
+    res = 48
+    o, d = C.get_rays(c2w, intr, res, res)
+    closest = (o - (o * d).sum(-1, keepdim=True) * d).norm(dim=-1)  # distance of each ray from the centre
+    masks = (closest < 0.5).float().reshape(3, res, res)
+    ious = mesh_silhouette_ious(Ball(), None, c2w, intr, masks, [5.0, 20.0], mc_resolution=65)
+    assert ious[0] > 0.9 and ious[1] == 0.0

@@ -7,7 +7,8 @@ The trainer logs PSNR / mask IoU on one fixed batch of a few validation objects 
 every object of the ``val`` split: per object one input view and ``--views`` other (novel) views, drawn by
 the training loader's decoder with a fixed seed (so every model is scored on the same views), white
 background, full images at ``--resolution``. PSNR is computed per object and averaged; mask IoU is the
-opacity > 0.5 vs alpha > 0.5 IoU per object, averaged.
+opacity > 0.5 vs alpha > 0.5 IoU per object, averaged. ``--mesh-thresholds 1,2,5`` also extracts the mesh at
+each density level (marching cubes on a 65³ grid) and scores its rasterised silhouette the same way.
 """
 from __future__ import annotations
 
@@ -16,16 +17,43 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 log = logging.getLogger("lrm.validation")
 
 
+def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[float],
+                         mc_resolution: int = 65) -> List[float]:
+    """For each density threshold: marching-cubes mesh of the triplane, rasterised at the views' cameras
+    (c2w [V, 4, 4], intrinsics [V, 4]), silhouette IoU against ``masks`` [V, H, W] (pooled over the views)."""
+    from lrm.evaluate.raster import render_mesh
+    from lrm.mesh import build_trimesh, density_grid, marching_cubes
+
+    radius = float(model.cfg.render.radius)
+    grid, _ = density_grid(lambda p: model.query(triplane, p[None])["density"][0], mc_resolution, radius,
+                           threshold=float(min(thresholds)), coarse_factor=1)
+    res = masks.shape[-1]
+    target = masks.numpy() > 0.5
+    out = []
+    for th in thresholds:
+        verts, faces = marching_cubes(grid, th, radius)
+        if len(faces) == 0:
+            out.append(0.0)
+            continue
+        mesh = build_trimesh(verts, faces)
+        sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] > 0.5 for i in range(len(c2w))])
+        union = (sil | target).sum()
+        out.append(float((sil & target).sum() / union) if union else 1.0)
+    return out
+
+
 @torch.no_grad()
 def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image_size: int = 64,
-                   limit: Optional[int] = None, seed: int = 1234, progress: bool = True) -> Dict:
+                   limit: Optional[int] = None, seed: int = 1234, progress: bool = True,
+                   mesh_thresholds: Sequence[float] = ()) -> Dict:
     from tqdm import tqdm
 
     from lrm.data import make_loader
@@ -38,13 +66,28 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
     for batch in tqdm(loader, desc="val objects", disable=not progress, total=limit):
         out = validate(model, batch, resolution, views)
         rows.append({"uid": batch["uid"][0], "psnr": float(out["psnr"]), "mask_iou": float(out["mask_iou"])})
+        if mesh_thresholds:
+            tri = model(batch["input_image"], batch["input_camera"])
+            ious = mesh_silhouette_ious(model, tri, batch["target_c2w"][0, :views], batch["target_intrinsics"][0, :views],
+                                        _resize_masks(batch["target_mask"][0, :views], resolution), mesh_thresholds)
+            rows[-1]["mesh_iou"] = dict(zip([float(t) for t in mesh_thresholds], ious))
         if limit and len(rows) >= limit:
             break
     if not rows:
         raise ValueError(f"no validation objects in {data}")
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
-    return {"objects": len(rows), "views_per_object": views, "resolution": resolution,
-            "psnr": mean("psnr"), "mask_iou": mean("mask_iou"), "per_object": rows}
+    result = {"objects": len(rows), "views_per_object": views, "resolution": resolution,
+              "psnr": mean("psnr"), "mask_iou": mean("mask_iou")}
+    if mesh_thresholds:
+        result["mesh_iou"] = {float(t): sum(r["mesh_iou"][float(t)] for r in rows) / len(rows) for t in mesh_thresholds}
+    result["per_object"] = rows
+    return result
+
+
+def _resize_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
+    if masks.shape[-1] == resolution:
+        return masks
+    return torch.nn.functional.interpolate(masks[:, None], size=resolution, mode="area")[:, 0]
 
 
 def main(argv=None) -> int:
@@ -55,19 +98,25 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="at most this many objects")
     p.add_argument("--json", default=None, help="also write the result (with per-object rows) here")
+    p.add_argument("--mesh-thresholds", default="",
+                   help="comma-separated density levels: also score the marching-cubes mesh's silhouette IoU at "
+                        "each (to choose the checkpoint's infer.mc_threshold)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lrm.checkpoint import CheckpointError, load_checkpoint
 
     try:
         model, cfg = load_checkpoint(a.model)
+        thresholds = [float(t) for t in a.mesh_thresholds.split(",") if t.strip()]
         res = evaluate_split(model, a.data, a.views, a.resolution, int(cfg.get("data", {}).get("image_size", 64)),
-                             a.limit)
+                             a.limit, mesh_thresholds=thresholds)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{a.model}: {res['objects']} val objects x {a.views} novel views at {a.resolution}^2: "
           f"PSNR {res['psnr']:.2f} dB, mask IoU {res['mask_iou']:.3f}")
+    for th, iou in res.get("mesh_iou", {}).items():
+        print(f"  mesh at density {th:g}: silhouette IoU {iou:.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
