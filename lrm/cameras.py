@@ -155,6 +155,14 @@ def camera_vector(c2w: Tensor, intrinsics: Tensor) -> Tensor:
     return torch.cat([c2w[..., :3, :4].flatten(-2), intrinsics], dim=-1)
 
 
+def camera_from_vector(vec: Tensor) -> Tuple[Tensor, Tensor]:
+    """Inverse of :func:`camera_vector`: [..., 16] -> (c2w [..., 4, 4], intrinsics [..., 4])."""
+    top = vec[..., :12].unflatten(-1, (3, 4))
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=-2), vec[..., 12:16]
+
+
 # --------------------------------------------------------------------------------------------------
 # Rays, projection
 # --------------------------------------------------------------------------------------------------

@@ -62,6 +62,10 @@ class TransformerConfig:
     qkv_bias: bool = False
     attention: str = "sdpa"  # sdpa | math | xformers (CUDA only)
     grad_checkpoint: bool = False
+    # Add image features back-projected along each token's line of sight to the learned triplane tokens
+    # (lrm/models/lift.py): a geometric prior that makes small models learn shapes much sooner.
+    lift_image: bool = False
+    lift_samples: int = 8  # points per line of sight
 
 
 @dataclass

@@ -12,6 +12,7 @@ MICRO = [
     "model.upsampler.channels=8", "model.decoder.hidden=32", "model.decoder.hidden_layers=1",
     "model.render.n_samples=8", "model.render.n_importance=8",
     "data.source=synthetic", "data.image_size=24", "data.num_views_target=2", "train.render.rays_per_view=64",
+    "train.batch_size=1", "data.input_background=null", "train.val_resolution=null",
     "train.progress=false", "train.val_every=0", "train.image_every=0", "train.log_every=1",
     "train.warmup_steps=2", "train.lr=1e-3",
 ]

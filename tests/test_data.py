@@ -299,6 +299,12 @@ def test_loader_batch_contract(shardset):
     assert torch.allclose(b["background"], torch.ones(2, 3))
     assert torch.allclose(b["target_rgb"][:, 0].permute(0, 3, 1, 2), b["input_image"], atol=1e-6)
     assert torch.allclose(b["target_c2w"][:, 0], orbit_camera(0.0, 0.0, 2.0).expand(2, 4, 4), atol=1e-5)
+    # input on its own fixed colour, supervision on the random one: same pixels wherever the object is opaque
+    b = next(iter(make_loader(out, num_views_target=2, image_size=S, batch_size=2, background="random",
+                              input_in_targets=True, input_background="white", seed=3)))
+    inp, tgt, alpha = b["input_image"].permute(0, 2, 3, 1), b["target_rgb"][:, 0], b["target_mask"][:, 0]
+    assert torch.allclose(inp, tgt + (1 - alpha[..., None]) * (1 - b["background"][:, None, None]), atol=1e-5)
+    assert (alpha < 1e-3).any() and not torch.allclose(b["background"], torch.ones(2, 3))
 
 
 def test_loader_ranks_and_workers_are_disjoint(shardset):

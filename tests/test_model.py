@@ -9,6 +9,7 @@ from lrm.models import build_model
 from lrm.models.attention import MultiHeadAttention, attention
 from lrm.models.decoder import TriplaneDecoder, sample_triplane
 from lrm.models.encoder import ImageEncoder, interpolate_pos_grid, load_pretrained
+from lrm.models.lift import lift_features, token_points
 
 
 def test_triplane_sampling_exact_at_grid_points():
@@ -126,7 +127,7 @@ def test_same_seed_same_output_and_camera_matters(tiny):
 
 
 def test_fixed_camera_model_ignores_camera():
-    cfg = load_config("tiny", ["model.transformer.camera_modulation=false"])
+    cfg = load_config("tiny", ["model.transformer.camera_modulation=false", "model.transformer.lift_image=false"])
     torch.manual_seed(0)
     m = build_model(cfg)
     assert m.camera_embed is None
@@ -141,6 +142,44 @@ def test_attention_backend_config_agrees_in_model():
     b = build_model(load_config("tiny"))
     img = torch.rand(1, 3, 64, 64)
     assert torch.allclose(a(img), b(img), atol=1e-4)
+
+
+def test_lift_puts_each_patch_on_the_tokens_its_rays_cross():
+    """One-hot patch features: the yz-plane token hit by the ray through a patch centre (found with get_rays,
+    independently of the projection the lift uses) receives mostly that patch's feature."""
+    g, p, radius = 8, 16, 0.87
+    feats = torch.eye(g * g)[None]  # [1, g*g patches, D = g*g]
+    c2w = C.orbit_camera(0.0, 0.0, 2.0)
+    intr = C.intrinsics_from_fov(40.0)
+    cams = C.camera_vector(c2w, intr)[None]
+    lifted = lift_features(feats, g, cams, token_points(p, radius, 9))[0]  # [3*p*p, g*g]
+    hits = 0
+    for k in [g * 3 + 3, g * 4 + 4, g * 2 + 5, g * 5 + 2]:
+        row, col = divmod(k, g)
+        uv = torch.tensor([[(col + 0.5) / g * 64, (row + 0.5) / g * 64]])
+        o, d = C.get_rays(c2w, intr, 64, 64, uv=uv)
+        hit = o[0] + d[0] * (-o[0, 0] / d[0, 0])  # the ray where it crosses x = 0 (the yz plane)
+        a, b = hit[1] / radius, hit[2] / radius  # plane 2 = (y, z): y indexes width, z height
+        ci, ri = int((a + 1) / 2 * p), int((b + 1) / 2 * p)
+        token = 2 * p * p + ri * p + ci
+        assert lifted[token].argmax() == k
+        hits += 1
+    assert hits == 4
+    # a point behind the camera contributes nothing
+    behind = torch.tensor([[[5.0, 0.0, 0.0]]])
+    assert lift_features(feats, g, cams, behind).abs().sum() == 0
+
+
+def test_lift_makes_tokens_depend_on_image_position():
+    cfg = load_config("tiny", ["model.transformer.lift_image=true"])
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    assert m.lift is not None and m.parameter_counts()["lift"] > 0
+    img = torch.zeros(1, 3, 64, 64)
+    img[..., 10:20, 10:20] = 1.0
+    tri = m(img)
+    tri.square().mean().backward()
+    assert m.lift.proj.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", ["small", "base", "large"])

@@ -18,7 +18,8 @@ Cameras are canonicalised with ``lrm.cameras.canonicalize(..., distance=canonica
 object stays centred in the triplane cube (the default set is rendered at distance 2.0, the canonical
 distance, so this equals ``distance=2.0`` there). Images are resized in premultiplied-alpha space
 (antialiased bilinear) and composited on the background ("random": a uniform random colour per sample,
-"white", "black", or an RGB triple).
+"white", "black", "grey", or an RGB triple); ``input_background`` (same choices) composites the input view on
+its own colour instead, e.g. "white" to match inference while the supervision views keep random backgrounds.
 
 Sharding: shards are split across ranks (``rank::world_size``) and then across DataLoader workers; when
 there are fewer shards than readers, every reader reads its rank's shards and keeps every n-th sample,
@@ -99,6 +100,8 @@ def _background(kind, rng: np.random.Generator) -> np.ndarray:
             return np.ones(3, np.float32)
         if kind == "black":
             return np.zeros(3, np.float32)
+        if kind in ("grey", "gray"):
+            return np.full(3, 0.5, np.float32)
         raise ValueError(f"unknown background {kind!r}")
     return np.asarray(kind, np.float32).reshape(3)
 
@@ -114,8 +117,8 @@ def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
 
 class _Decoder:
     def __init__(self, num_views_target, image_size, background, input_in_targets, view_kinds,
-                 canonical_distance, seed):
-        self.k, self.size, self.bg = num_views_target, image_size, background
+                 canonical_distance, seed, input_background=None):
+        self.k, self.size, self.bg, self.input_bg = num_views_target, image_size, background, input_background
         self.input_in_targets, self.view_kinds = input_in_targets, tuple(view_kinds)
         self.distance, self.seed = canonical_distance, seed
         self.rng = None
@@ -141,6 +144,9 @@ class _Decoder:
         pm = resize_rgba(rgba, self.size)
         bg = torch.from_numpy(_background(self.bg, self.rng))
         rgb = pm[..., :3] + (1 - pm[..., 3:]) * bg
+        if self.input_bg is not None:  # the input view on its own fixed colour (as inference composites it)
+            ibg = torch.from_numpy(_background(self.input_bg, self.rng))
+            rgb[0] = pm[0, ..., :3] + (1 - pm[0, ..., 3:]) * ibg
         c2w = torch.from_numpy(head["c2w"][idx])
         K = torch.from_numpy(head["intrinsics"][idx])
         c2w_c, _ = canonicalize(c2w, distance=self.distance)
@@ -192,6 +198,7 @@ def make_loader(
     canonical_distance: Optional[float] = None,
     shuffle_buffer: int = 64,
     drop_last: Optional[bool] = None,
+    input_background=None,
 ):
     """Iterable of training batches (see module docstring). ``path_or_shards``: dataset folder (uses its
     ``manifest.json`` and ``split``), a glob, a brace pattern, one ``.tar`` or a list of shard files.
@@ -206,7 +213,8 @@ def make_loader(
     stages = [reader]
     if shuffle and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=max(1, shuffle_buffer // 4), seed=None))
-    dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed)
+    dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed,
+                   input_background)
     stages.append(wds.map(dec, handler=warn_and_skip))
     partial = not (repeat if drop_last is None else drop_last)
     stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))

@@ -19,6 +19,7 @@ from ..render.volume import VolumeRenderer
 from .camera_embed import CameraEmbedder
 from .decoder import TriplaneDecoder
 from .encoder import ImageEncoder, load_pretrained
+from .lift import ImageLift
 from .transformer import TriplaneTransformer
 from .upsampler import TriplaneUpsampler
 
@@ -33,6 +34,9 @@ class LRM(nn.Module):
         self.encoder = ImageEncoder(cfg.encoder)
         t = cfg.transformer
         self.camera_embed = CameraEmbedder(t.camera_embed_dim) if t.camera_modulation else None
+        self.lift = (ImageLift(self.encoder.out_dim, t.token_dim, t.plane_tokens, cfg.render.radius, t.lift_samples,
+                               prefix_tokens=int(cfg.encoder.cls_token) + cfg.encoder.num_register_tokens)
+                     if t.lift_image else None)
         self.transformer = TriplaneTransformer(t, context_dim=self.encoder.out_dim)
         self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel)
         self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius)
@@ -50,12 +54,11 @@ class LRM(nn.Module):
         """images [B, 3, H, W] in [0, 1]; cameras [B, 16] (``lrm.cameras.camera_vector`` of the canonical
         input camera; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W']."""
         tokens = self.encoder(images)
-        cond = None
-        if self.camera_embed is not None:
-            if cameras is None:
-                cameras = self.default_camera(images.shape[0], images.device, images.dtype)
-            cond = self.camera_embed(cameras)
-        x = self.transformer(tokens, cond)
+        if cameras is None and (self.camera_embed is not None or self.lift is not None):
+            cameras = self.default_camera(images.shape[0], images.device, images.dtype)
+        cond = self.camera_embed(cameras) if self.camera_embed is not None else None
+        offset = self.lift(tokens, cameras) if self.lift is not None else None
+        x = self.transformer(tokens, cond, offset)
         return self.upsampler(x, self.cfg.transformer.plane_tokens)
 
     @staticmethod
@@ -94,7 +97,8 @@ class LRM(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def parameter_counts(self) -> Dict[str, int]:
-        stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "transformer": self.transformer,
+        stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "lift": self.lift,
+                  "transformer": self.transformer,
                   "upsampler": self.upsampler, "decoder": self.decoder}
         counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in stages.items()}
         counts["total"] = sum(counts.values())

@@ -67,6 +67,7 @@ class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk
                                 batch_size=self.bs, num_workers=int(d.num_workers), shuffle=self.split == "train",
                                 seed=int(self.cfg.seed) + seed_offset, split=self.split,
                                 background=d.background if self.split == "train" else "white",
+                                input_background=d.input_background if self.split == "train" else None,
                                 rank=self.rank, world_size=self.world, repeat=self.split == "train"))
 
     def start(self, position: int):

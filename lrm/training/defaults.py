@@ -16,7 +16,10 @@ DATA_DEFAULTS = {
     "val_path": None,  # validation shards (default: the same folder, split="val")
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step
-    "background": "random",  # random | white
+    "background": "random",  # random | white | black | grey | [r, g, b]
+    # colour the *input* view is composited on; null = the same as the supervision views. "white" matches
+    # infer.py (INFER_DEFAULTS.input_background), so the model need not learn to tell a random background apart
+    "input_background": None,
     "num_workers": 2,
     "resume_mode": "reseed",  # shards: on resume re-seed the stream (reseed) or skip consumed batches (skip)
     "synthetic": {

@@ -88,6 +88,18 @@ def render_object(obj: Dict[str, torch.Tensor], c2w: torch.Tensor, intrinsics: t
     return rgb.reshape(v, size, size, 3), alpha.reshape(v, size, size)
 
 
+def _fixed_colour(kind, default: torch.Tensor) -> torch.Tensor:
+    """``data.input_background``: None = the sample's background, "white", "black", "grey" or an RGB triple."""
+    if kind is None:
+        return default
+    if isinstance(kind, str):
+        named = {"white": 1.0, "black": 0.0, "grey": 0.5, "gray": 0.5}
+        if kind not in named:
+            raise ValueError(f"unknown data.input_background {kind!r} (null | white | black | grey | [r, g, b])")
+        return torch.full((3,), named[kind])
+    return torch.tensor([float(x) for x in kind]).reshape(3)
+
+
 class SyntheticMultiView:
     """Indexed dataset of synthetic objects; ``batch(indices)`` -> a training batch dict."""
 
@@ -96,6 +108,7 @@ class SyntheticMultiView:
         self.size = int(cfg_data.image_size)
         self.k = int(cfg_data.num_views_target)
         self.background = cfg_data.background if split == "train" else "white"
+        self.input_background = cfg_data.get("input_background") if split == "train" else None
         self.split = split
         self.seed = int(seed)
         self.num_objects = int(s.num_objects) if split == "train" else int(s.num_val_objects)
@@ -140,10 +153,11 @@ class SyntheticMultiView:
             bg = torch.ones(3)
         else:
             bg = torch.rand(3, generator=g)
+        inp = rgb[0] + (1 - alpha[0, ..., None]) * _fixed_colour(self.input_background, bg)
         rgb = rgb + (1 - alpha[..., None]) * bg
         c2w_canon, _ = cam.canonicalize(c2w, self.distance)
         return {
-            "input_image": rgb[0].permute(2, 0, 1).contiguous(),
+            "input_image": inp.permute(2, 0, 1).contiguous(),
             "input_camera": cam.camera_vector(c2w_canon[0], intr[0]),
             "target_rgb": rgb[1:],
             "target_mask": alpha[1:],
