@@ -60,10 +60,13 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
 
     from .trainer import validate
 
-    loader = make_loader(data, num_views_target=views, image_size=image_size, batch_size=1, num_workers=0,
-                         shuffle=False, seed=seed, split="val", background="white", repeat=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the loader's view choice also depends on torch.initial_seed()
+        batches = list(_take(make_loader(data, num_views_target=views, image_size=image_size, batch_size=1,
+                                         num_workers=0, shuffle=False, seed=seed, split="val", background="white",
+                                         repeat=False), limit))
     rows = []
-    for batch in tqdm(loader, desc="val objects", disable=not progress, total=limit):
+    for batch in tqdm(batches, desc="val objects", disable=not progress):
         out = validate(model, batch, resolution, views)
         rows.append({"uid": batch["uid"][0], "psnr": float(out["psnr"]), "mask_iou": float(out["mask_iou"])})
         if mesh_thresholds:
@@ -71,8 +74,6 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
             ious = mesh_silhouette_ious(model, tri, batch["target_c2w"][0, :views], batch["target_intrinsics"][0, :views],
                                         _resize_masks(batch["target_mask"][0, :views], resolution), mesh_thresholds)
             rows[-1]["mesh_iou"] = dict(zip([float(t) for t in mesh_thresholds], ious))
-        if limit and len(rows) >= limit:
-            break
     if not rows:
         raise ValueError(f"no validation objects in {data}")
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
@@ -82,6 +83,13 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         result["mesh_iou"] = {float(t): sum(r["mesh_iou"][float(t)] for r in rows) / len(rows) for t in mesh_thresholds}
     result["per_object"] = rows
     return result
+
+
+def _take(it, limit: Optional[int]):
+    for i, x in enumerate(it):
+        if limit and i >= limit:
+            return
+        yield x
 
 
 def _resize_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
