@@ -271,7 +271,8 @@ def _step_generator(seed: int, step: int, micro: int, rank: int, device) -> torc
 # ----------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model, batch: Dict, resolution: int, n_views: int) -> Dict[str, torch.Tensor]:
-    """Full-image renders of the first ``n_views`` supervision views of a fixed batch (no jitter)."""
+    """Full-image renders of the first ``n_views`` supervision views of a fixed batch (no jitter), scored against
+    the targets resized to ``resolution`` (returned too, with the triplanes)."""
     was = model.training
     model.eval()
     try:
@@ -291,7 +292,7 @@ def validate(model, batch: Dict, resolution: int, n_views: int) -> Dict[str, tor
         msk = torch.nn.functional.interpolate(msk.reshape(b * v, 1, h, w), size=resolution,
                                               mode="area").reshape(b, v, resolution, resolution)
     return {"psnr": psnr(out["rgb"].clamp(0, 1), tgt), "mask_iou": mask_iou(out["opacity"], msk),
-            "pred": out["rgb"].clamp(0, 1), "target": tgt}
+            "pred": out["rgb"].clamp(0, 1), "target": tgt, "target_mask": msk, "triplane": tri}
 
 
 def fixed_val_batch(cfg) -> Dict:

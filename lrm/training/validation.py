@@ -22,9 +22,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-log = logging.getLogger("lrm.validation")
-
-
 def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[float],
                          mc_resolution: int = 65) -> List[float]:
     """For each density threshold: marching-cubes mesh of the triplane, rasterised at the views' cameras
@@ -32,11 +29,12 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
     from lrm.evaluate.raster import render_mesh
     from lrm.mesh import build_trimesh, density_grid, marching_cubes
 
+    from .losses import mask_iou
+
     radius = float(model.cfg.render.radius)
     grid, _ = density_grid(lambda p: model.query(triplane, p[None])["density"][0], mc_resolution, radius,
                            threshold=float(min(thresholds)), coarse_factor=1)
     res = masks.shape[-1]
-    target = masks.numpy() > 0.5
     out = []
     for th in thresholds:
         verts, faces = marching_cubes(grid, th, radius)
@@ -44,9 +42,8 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
             out.append(0.0)
             continue
         mesh = build_trimesh(verts, faces)
-        sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] > 0.5 for i in range(len(c2w))])
-        union = (sil | target).sum()
-        out.append(float((sil & target).sum() / union) if union else 1.0)
+        sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] for i in range(len(c2w))])
+        out.append(float(mask_iou(torch.from_numpy(sil), masks)))
     return out
 
 
@@ -70,9 +67,8 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         out = validate(model, batch, resolution, views)
         rows.append({"uid": batch["uid"][0], "psnr": float(out["psnr"]), "mask_iou": float(out["mask_iou"])})
         if mesh_thresholds:
-            tri = model(batch["input_image"], batch["input_camera"])
-            ious = mesh_silhouette_ious(model, tri, batch["target_c2w"][0, :views], batch["target_intrinsics"][0, :views],
-                                        _resize_masks(batch["target_mask"][0, :views], resolution), mesh_thresholds)
+            ious = mesh_silhouette_ious(model, out["triplane"], batch["target_c2w"][0, :views],
+                                        batch["target_intrinsics"][0, :views], out["target_mask"][0], mesh_thresholds)
             rows[-1]["mesh_iou"] = dict(zip([float(t) for t in mesh_thresholds], ious))
     if not rows:
         raise ValueError(f"no validation objects in {data}")
@@ -90,12 +86,6 @@ def _take(it, limit: Optional[int]):
         if limit and i >= limit:
             return
         yield x
-
-
-def _resize_masks(masks: torch.Tensor, resolution: int) -> torch.Tensor:
-    if masks.shape[-1] == resolution:
-        return masks
-    return torch.nn.functional.interpolate(masks[:, None], size=resolution, mode="area")[:, 0]
 
 
 def main(argv=None) -> int:
