@@ -39,8 +39,17 @@ EVAL_SOURCES = ("cgal", "pymeshlab", "assimp")
 
 RENDER_DEFAULTS = dict(
     views=24, resolution=256, fov_deg=40.0, distance=2.0, elevation_range=(-15.0, 45.0),
-    val_orbit=True, depth=True, normals=False, samples=4,
+    val_orbit=True, depth=True, normals=False, samples=4, points=True,
 )
+
+
+def point_members(parts, uid: str, light, ambient) -> dict:
+    """The 3D-supervision members of one normalised object (lrm/data/points.py), seeded by its uid."""
+    from lrm.data.points import object_points
+    from lrm.data.shards import npy_bytes
+
+    arrays = object_points(parts, uid_rng(uid, "points"), light_dir=light, ambient=ambient)
+    return {k: npy_bytes(v) for k, v in arrays.items()}
 
 
 def orbit_eval_views():
@@ -111,6 +120,8 @@ def render_object(task):
             "faces": int(sum(len(p.faces) for p in parts)),
         }
         sample = encode_sample(obj.uid, out["rgba"], c2w, K, record, depth=out.get("depth"), normals=out.get("normals"))
+        if settings.get("points"):
+            sample.update(point_members(parts, obj.uid, light, ambient))
         return {"uid": obj.uid, "source": obj.source, "licence": obj.licence, "status": "ok", "split": split,
                 "sample": sample, "seconds": time.time() - t0}
     except Exception as e:  # noqa: BLE001 - a bad object must never stop the build
@@ -255,7 +266,8 @@ def build(args) -> dict:
         tmp.unlink()
     settings = dict(RENDER_DEFAULTS, views=args.views, resolution=args.resolution, fov_deg=args.fov,
                     distance=args.distance, elevation_range=tuple(args.elevation), val_orbit=not args.no_val_orbit,
-                    normals=args.normals, depth=not args.no_depth, val_fraction=args.val_fraction)
+                    normals=args.normals, depth=not args.no_depth, val_fraction=args.val_fraction,
+                    points=not args.no_points)
     objs, licences, unavailable = select_objects(args)
     done = read_progress(out)
     todo = [o for o in objs if o.uid not in done]
@@ -301,6 +313,74 @@ def build(args) -> dict:
     return man
 
 
+# --------------------------------------------------------------------------------------------------
+# --add-points: 3D supervision for shards built without it (no re-rendering)
+# --------------------------------------------------------------------------------------------------
+def _points_for(raw: dict, obj) -> dict:
+    """The point members for one raw sample, from its source object (normalisation checked against the
+    record, so the points are in the frame of the stored cameras)."""
+    from lrm.data.mesh import normalize_parts
+
+    rec = json.loads(raw["json"])
+    parts, T = normalize_parts(obj.load())
+    if not np.allclose(T, np.asarray(rec["normalization"]), atol=1e-5):
+        raise ValueError("the source mesh no longer normalises as when it was rendered")
+    return point_members(parts, obj.uid, rec.get("light_dir"), float(rec.get("ambient", 0.45)))
+
+
+def add_points_to_shard(shard: Path, objects: dict) -> tuple:
+    """Rewrite one shard with point members added (atomically: ``.tmp`` then rename). Samples whose source
+    object is not in ``objects`` or fails are kept unchanged. Returns (added, kept, already)."""
+    import webdataset as wds
+
+    from lrm.data.points import POINT_KEYS
+    from lrm.data.shards import iter_raw
+
+    samples = [{k: v for k, v in s.items() if k == "__key__" or not k.startswith("__")}
+               for s in iter_raw([str(shard)])]
+    if all(all(k in s for k in POINT_KEYS) for s in samples):
+        return 0, 0, len(samples)
+    added = kept = 0
+    tmp = shard.with_name(shard.name + ".points.tmp")
+    with wds.TarWriter(str(tmp)) as w:
+        for s in samples:
+            obj = objects.get(s["__key__"])
+            if obj is not None and not all(k in s for k in POINT_KEYS):
+                try:
+                    s.update(_points_for(s, obj))
+                    added += 1
+                except Exception as e:  # noqa: BLE001 - keep the sample as it was, say why
+                    print(f"[add-points] {shard.name}:{s['__key__']}: kept without points ({e})", file=sys.stderr)
+                    kept += 1
+            else:
+                kept += 1
+            w.write(s)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, shard)
+    return added, kept, 0
+
+
+def add_points(args) -> dict:
+    """Add occupancy / surface-colour points to every shard under ``--out`` that lacks them. Resumable: a shard
+    is replaced only when complete, and shards that already have points are skipped."""
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    for tmp in out.glob("*.points.tmp"):  # an interrupted rewrite: the original shard is intact
+        tmp.unlink()
+    objs, _, _ = select_objects(args)
+    by_uid = {o.uid: o for o in objs}
+    totals = {"added": 0, "kept": 0, "already": 0}
+    for shard in tqdm(sorted(out.glob("*.tar")), desc="add-points", unit="shard", disable=args.quiet):
+        a, k, al = add_points_to_shard(shard, by_uid)
+        totals["added"] += a
+        totals["kept"] += k
+        totals["already"] += al
+    print(f"[add-points] {totals}", file=sys.stderr)
+    return totals
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sources", default=DEFAULT_SOURCES,
@@ -323,18 +403,23 @@ def parse_args(argv=None):
     p.add_argument("--no-val-orbit", action="store_true", help="do not add the 16-view eval orbit to val objects")
     p.add_argument("--normals", action="store_true", help="also store normal maps")
     p.add_argument("--no-depth", action="store_true")
+    p.add_argument("--no-points", action="store_true",
+                   help="do not store occupancy / surface-colour points (3D supervision, lrm/data/points.py)")
     p.add_argument("--val-fraction", type=float, default=0.02)
     p.add_argument("--shard-size", type=int, default=64, help="objects per shard")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--include-eval", dest="exclude_eval", action="store_false",
                    help="do not hold out the dev eval set's objects")
+    p.add_argument("--add-points", action="store_true",
+                   help="add 3D-supervision points to the existing shards under --out (same --sources); no rendering")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    build(parse_args(argv))
+    args = parse_args(argv)
+    add_points(args) if args.add_points else build(args)
 
 
 if __name__ == "__main__":

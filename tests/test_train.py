@@ -87,7 +87,8 @@ def test_resume_in_process_matches_and_restores_state(tmp_path):
     assert b["history"][0]["step"] == 3  # resumed, did not restart
     for (k, va), vb in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
         assert torch.equal(va, vb), k
-    assert a["state"] == b["state"]
+    counters = lambda st: {k: v for k, v in st.items() if k != "cpu_s"}  # noqa: E731 - cpu_s is measured time
+    assert counters(a["state"]) == counters(b["state"])
     assert a["history"][-1]["lr"] == b["history"][-1]["lr"]
 
 

@@ -11,6 +11,17 @@
     background        [B, 3]
     uid               list of B str
 
+and, when asked for (``extras``), 3D and depth supervision (lrm/data/points.py; canonical frame):
+
+    points            [B, N, 3]        occupancy query points       (extras.points = N > 0)
+    occupancy         [B, N]           1 inside, 0 outside
+    surface_points    [B, M, 3]        surface samples              (extras.surface_points = M > 0)
+    surface_rgb       [B, M, 3]        their rendered colour (after the same colour jitter as the views)
+    target_depth      [B, K, S, S]     ray distance of the supervision views' surface (extras.depth; 0 where empty)
+
+``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
+the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
+
 Per sample: one input view and K supervision views are drawn at random from the object's ``random``
 views (``view_kinds``); with ``input_in_targets=True`` the input view is target 0 and K-1 others follow.
 Cameras are canonicalised with ``lrm.cameras.canonicalize(..., distance=canonical_distance)``; the default
@@ -43,8 +54,14 @@ from .shards import decode_header, decode_png, decode_sample, iter_raw, list_sha
 logger = logging.getLogger("lrm.data")
 
 
+class MissingMembersError(ValueError):
+    """A sample lacks members a configured loss needs (never skipped: every sample of the set lacks them)."""
+
+
 def warn_and_skip(exn: Exception) -> bool:
     """webdataset handler: log the problem and continue with the next sample."""
+    if isinstance(exn, MissingMembersError):
+        raise exn  # one clear error instead of skipping the whole data set (webdataset ends quietly on False)
     logger.warning("skipping corrupt sample: %s: %s", type(exn).__name__, str(exn)[:300])
     return True
 
@@ -115,12 +132,85 @@ def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1)
 
 
+def ray_distance(z: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """OpenCV z-depth [V, H, W] -> distance along the unit-length pixel-centre ray (the renderer's t)."""
+    v, h, w = z.shape
+    fx, fy, cx, cy = (np.asarray(intrinsics, np.float64)[:, i, None, None] for i in range(4))
+    xs = ((np.arange(w) + 0.5) / w)[None, None, :]
+    ys = ((np.arange(h) + 0.5) / h)[None, :, None]
+    norm = np.sqrt(((xs - cx) / fx) ** 2 + ((ys - cy) / fy) ** 2 + 1.0)
+    return (z * norm).astype(np.float32)
+
+
+def hue_matrix(angle: float, saturation: float, gain: float) -> np.ndarray:
+    """3x3 colour transform (applied as rgb @ M.T): rotate hue by ``angle`` radians about the grey axis,
+    scale chroma by ``saturation``, then all channels by ``gain``. Grey stays grey (times ``gain``)."""
+    a = np.ones(3) / np.sqrt(3.0)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    R = np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * (K @ K)  # Rodrigues
+    P = np.outer(a, a)  # projection on grey
+    return gain * (P + saturation * (R - P))
+
+
+def random_color_transform(rng: np.random.Generator, p: float) -> Optional[np.ndarray]:
+    if p <= 0 or rng.random() >= p:
+        return None
+    return hue_matrix(rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 1.5), rng.uniform(0.75, 1.15)).astype(np.float32)
+
+
+def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random.Generator,
+                   color: Optional[np.ndarray]) -> dict:
+    from .shards import _npy
+
+    missing = [k for k in ("points.npy", "occupancy.npy", "surface.npy", "surface_rgb.npy") if k not in sample]
+    if missing:
+        raise MissingMembersError(
+            f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no 3D points ({missing[0]}): a loss "
+            "needs them. Add them with `python data/build.py --add-points --out DIR` or set the occupancy/"
+            "surface-colour loss weights to 0")
+    R, t = M[:3, :3], M[:3, 3]
+    out = {}
+    if n > 0:
+        pts, occ = _npy(sample["points.npy"]), _npy(sample["occupancy.npy"])
+        idx = rng.choice(len(pts), n, replace=len(pts) < n)
+        out["points"] = torch.from_numpy(pts[idx].astype(np.float32)) @ R.T + t
+        out["occupancy"] = torch.from_numpy(occ[idx].astype(np.float32))
+    if m > 0:
+        sp, rgb = _npy(sample["surface.npy"]), _npy(sample["surface_rgb.npy"]).astype(np.float32) / 255.0
+        idx = rng.choice(len(sp), m, replace=len(sp) < m)
+        rgb = rgb[idx]
+        if color is not None:
+            rgb = np.clip(rgb @ color.T, 0, 1)
+        out["surface_points"] = torch.from_numpy(sp[idx].astype(np.float32)) @ R.T + t
+        out["surface_rgb"] = torch.from_numpy(rgb.astype(np.float32))
+    return out
+
+
+def _depth_maps(sample: dict, idx, head: dict, size: int, alpha: torch.Tensor) -> torch.Tensor:
+    """Ray-distance depth of views ``idx`` at ``size`` (coverage-weighted resize, 0 off the object)."""
+    from .shards import DEPTH_SCALE
+
+    key = f"{idx[0]:03d}.depth.png"
+    if key not in sample:
+        raise MissingMembersError(f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no depth "
+                                  "maps: the depth loss needs shards built with depth (data/build.py default)")
+    scale = head["record"].get("depth_scale") or DEPTH_SCALE
+    z = np.stack([decode_png(sample[f"{i:03d}.depth.png"]).astype(np.float32) * scale for i in idx])
+    d = torch.from_numpy(ray_distance(z, head["intrinsics"][idx]))
+    a_full = alpha  # [V, H, W] straight alpha at full resolution
+    x = torch.stack([d * a_full, a_full], 1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return torch.where(x[:, 1] > 1e-3, x[:, 0] / x[:, 1].clamp_min(1e-3), torch.zeros_like(x[:, 0]))
+
+
 class _Decoder:
     def __init__(self, num_views_target, image_size, background, input_in_targets, view_kinds,
-                 canonical_distance, seed, input_background=None):
+                 canonical_distance, seed, input_background=None, extras=None):
         self.k, self.size, self.bg, self.input_bg = num_views_target, image_size, background, input_background
         self.input_in_targets, self.view_kinds = input_in_targets, tuple(view_kinds)
         self.distance, self.seed = canonical_distance, seed
+        self.extras = dict(extras or {})
         self.rng = None
 
     def __call__(self, sample: dict) -> dict:
@@ -141,6 +231,9 @@ class _Decoder:
         idx = [inp] + targets
         rgba = np.stack([decode_png(sample[f"{i:03d}.png"]) for i in idx])
         rgba = torch.from_numpy(rgba).float() / 255.0
+        color = random_color_transform(self.rng, float(self.extras.get("color_jitter", 0.0)))
+        if color is not None:  # one transform for every view of the object (consistent across views)
+            rgba[..., :3] = (rgba[..., :3] @ torch.from_numpy(color).T).clamp(0, 1)
         pm = resize_rgba(rgba, self.size)
         bg = torch.from_numpy(_background(self.bg, self.rng))
         rgb = pm[..., :3] + (1 - pm[..., 3:]) * bg
@@ -149,8 +242,14 @@ class _Decoder:
             rgb[0] = pm[0, ..., :3] + (1 - pm[0, ..., 3:]) * ibg
         c2w = torch.from_numpy(head["c2w"][idx])
         K = torch.from_numpy(head["intrinsics"][idx])
-        c2w_c, _ = canonicalize(c2w, distance=self.distance)
-        return {
+        c2w_c, M = canonicalize(c2w, distance=self.distance)
+        extra = {}
+        n_pts, n_surf = int(self.extras.get("points", 0)), int(self.extras.get("surface_points", 0))
+        if n_pts > 0 or n_surf > 0:
+            extra.update(_sample_points(sample, M, n_pts, n_surf, self.rng, color))
+        if self.extras.get("depth"):
+            extra["target_depth"] = _depth_maps(sample, targets, head, self.size, rgba[1:, ..., 3]).contiguous()
+        return {**extra,
             "input_image": rgb[0].permute(2, 0, 1).contiguous(),
             "input_camera": camera_vector(c2w_c[0], K[0]),
             "target_rgb": rgb[1:].contiguous(),
@@ -199,6 +298,7 @@ def make_loader(
     shuffle_buffer: int = 64,
     drop_last: Optional[bool] = None,
     input_background=None,
+    extras: Optional[dict] = None,
 ):
     """Iterable of training batches (see module docstring). ``path_or_shards``: dataset folder (uses its
     ``manifest.json`` and ``split``), a glob, a brace pattern, one ``.tar`` or a list of shard files.
@@ -214,7 +314,7 @@ def make_loader(
     if shuffle and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=max(1, shuffle_buffer // 4), seed=None))
     dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed,
-                   input_background)
+                   input_background, extras)
     stages.append(wds.map(dec, handler=warn_and_skip))
     partial = not (repeat if drop_last is None else drop_last)
     stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))

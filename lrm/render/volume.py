@@ -193,4 +193,5 @@ class VolumeRenderer:
         b, n, s = t.shape
         pts = rays_o[..., None, :] + rays_d[..., None, :] * t[..., None]
         density, rgb = field(pts.reshape(b, n * s, 3))
-        return density.view(b, n, s), rgb.view(b, n, s, 3)
+        # compositing in fp32 whatever precision the field ran in (bf16 autocast): transmittance is a long product
+        return density.float().view(b, n, s), rgb.float().view(b, n, s, 3)

@@ -52,6 +52,14 @@ class SyntheticSource:
         pass
 
 
+def loader_extras(cfg) -> Dict:
+    """What the shard loader must add to a batch for the configured losses (and the colour jitter)."""
+    lc, pc = cfg.train.loss, cfg.train.points
+    return {"points": int(pc.occupancy) if float(lc.occupancy) > 0 else 0,
+            "surface_points": int(pc.surface) if float(lc.surface_rgb) > 0 else 0,
+            "depth": float(lc.depth) > 0, "color_jitter": float(cfg.data.color_jitter)}
+
+
 class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk
     def __init__(self, cfg, split: str, rank: int, world_size: int, batch_size: int):
         self.cfg, self.split, self.rank, self.world, self.bs = cfg, split, rank, world_size, batch_size
@@ -68,7 +76,8 @@ class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk
                                 seed=int(self.cfg.seed) + seed_offset, split=self.split,
                                 background=d.background if self.split == "train" else "white",
                                 input_background=d.input_background if self.split == "train" else None,
-                                rank=self.rank, world_size=self.world, repeat=self.split == "train"))
+                                rank=self.rank, world_size=self.world, repeat=self.split == "train",
+                                extras=loader_extras(self.cfg) if self.split == "train" else None))
 
     def start(self, position: int):
         mode = self.cfg.data.resume_mode

@@ -21,6 +21,9 @@ DATA_DEFAULTS = {
     # infer.py (INFER_DEFAULTS.input_background), so the model need not learn to tell a random background apart
     "input_background": None,
     "num_workers": 2,
+    # probability per object of one random colour transform (hue, saturation, gain) applied to all its views
+    # and surface colours alike: colours the data lacks, consistent across views (shards only)
+    "color_jitter": 0.0,
     "resume_mode": "reseed",  # shards: on resume re-seed the stream (reseed) or skip consumed batches (skip)
     "synthetic": {
         "num_objects": 0,  # 0 = a fresh object per sample; N = a fixed set of N objects
@@ -37,6 +40,9 @@ TRAIN_DEFAULTS = {
     "run_name": None,  # runs/<run_name>; default: the config's name
     "output_root": "runs",
     "max_steps": 1000,  # optimiser steps
+    # stop earlier once training steps used this many CPU minutes (process + loader workers; 0 = no budget):
+    # recipes compared at equal CPU cost (benchmarks/bench_learning.py)
+    "max_cpu_minutes": 0.0,
     "batch_size": 1,  # objects per process and micro-batch
     "grad_accum": 1,
     "lr": 4.0e-4,
@@ -63,7 +69,13 @@ TRAIN_DEFAULTS = {
         "lpips": 0.0,  # needs patches (render.patch_size >= 16) and loss.lpips_path
         "lpips_path": None,  # local file with VGG16 + LPIPS head weights; missing -> warning, term off
         "tv": 0.0,  # total variation of the triplane features
+        # 3D supervision (shards with points, lrm/data/points.py): BCE of the opacity 1 - exp(-sigma * step) of
+        # a fixed step length against inside/outside labels, and MSE of the decoder colour at surface samples
+        "occupancy": 0.0,
+        "surface_rgb": 0.0,
+        "depth": 0.0,  # L1 between rendered expected depth and the target's, on foreground rays
     },
+    "points": {"occupancy": 2048, "surface": 512, "step": 0.05},  # per object and step; step = opacity length
     "log_every": 10,
     "val_every": 200,
     "val_views": 2,

@@ -108,9 +108,40 @@ def mask_iou(opacity: torch.Tensor, mask: torch.Tensor, thresh: float = 0.5) -> 
     return (p & m).sum() / union if union > 0 else torch.ones(())
 
 
+def occupancy_bce(density: torch.Tensor, inside: torch.Tensor, step: float) -> torch.Tensor:
+    """BCE between the opacity ``1 - exp(-density * step)`` of a fixed step length and 0/1 labels, in a stable
+    form: outside costs ``density * step``, inside ``-log(1 - exp(-density * step))``."""
+    x = (density.float() * step).clamp_min(1e-6)
+    inside = inside.float()
+    return (inside * -torch.log(-torch.expm1(-x)) + (1 - inside) * x).mean()
+
+
+def depth_l1(depth: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean |depth - target| over foreground rays (target mask > 0.5 and a target depth); 0 when none."""
+    fg = (mask > 0.5) & (target > 0)
+    if not bool(fg.any()):
+        return depth.sum() * 0.0
+    return (depth.float() - target.float()).abs()[fg].mean()
+
+
+def point_terms(out: Dict[str, torch.Tensor], targets: Dict, lcfg) -> Dict[str, torch.Tensor]:
+    """Unweighted 3D-supervision and depth terms for the weights in ``lcfg`` that are on."""
+    terms: Dict[str, torch.Tensor] = {}
+    n = int(targets.get("n_occupancy") or 0)
+    if float(lcfg.get("occupancy", 0)) > 0 and n > 0:
+        terms["occupancy"] = occupancy_bce(out["point_density"][:, :n], targets["occupancy"], targets["point_step"])
+    if float(lcfg.get("surface_rgb", 0)) > 0 and targets.get("surface_rgb") is not None:
+        terms["surface_rgb"] = F.mse_loss(out["point_rgb"][:, n:].float(), targets["surface_rgb"].float())
+    if float(lcfg.get("depth", 0)) > 0 and targets.get("depth") is not None:
+        terms["depth"] = depth_l1(out["depth"], targets["depth"], targets["mask"])
+    return terms
+
+
 def compute_losses(out: Dict[str, torch.Tensor], target_rgb, target_mask, lcfg, triplanes=None,
-                   lpips_model: Optional[LPIPS] = None, patch: int = 0) -> Dict[str, torch.Tensor]:
-    """Weighted loss terms; ``out`` holds rgb [B, N, 3] and opacity [B, N]; ``total`` is their sum."""
+                   lpips_model: Optional[LPIPS] = None, patch: int = 0,
+                   targets: Optional[Dict] = None) -> Dict[str, torch.Tensor]:
+    """Weighted loss terms; ``out`` holds rgb [B, N, 3] and opacity [B, N] (and depth, point_density,
+    point_rgb for the 3D terms); ``targets`` the 3D/depth targets; ``total`` is the weighted sum."""
     terms: Dict[str, torch.Tensor] = {}
     rgb = out["rgb"].float()
     terms["rgb"] = F.mse_loss(rgb, target_rgb)
@@ -124,5 +155,8 @@ def compute_losses(out: Dict[str, torch.Tensor], target_rgb, target_mask, lcfg, 
     if triplanes is not None and float(lcfg.tv) > 0:
         terms["tv"] = tv_loss(triplanes.float())
         total = total + float(lcfg.tv) * terms["tv"]
+    for k, v in point_terms(out, dict(targets or {}, mask=target_mask), lcfg).items():
+        terms[k] = v
+        total = total + float(lcfg[k]) * v
     terms["total"] = total
     return terms

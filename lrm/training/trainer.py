@@ -46,6 +46,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--resume", default=None,
                    help="'latest' (newest complete checkpoint of the run), a checkpoints/step_N folder, a run "
                         "folder, or an exported model folder (model.safetensors + config.yaml: weights only)")
+    p.add_argument("--init-from", default=None,
+                   help="exported model folder (model.safetensors + config.yaml) or run folder: start from its "
+                        "weights with a fresh optimiser, schedule and step count (train.init_from)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.path=/shards train.lr=1e-4")
     return p.parse_args(argv)
 
@@ -128,6 +131,7 @@ class TrainState:
         self.skipped_steps = 0
         self.bad_batches = 0
         self.samples = 0
+        self.cpu_s = 0.0  # CPU seconds spent on training steps so far (all runs of this lineage)
 
     def state_dict(self):
         return dict(vars(self))
@@ -135,6 +139,24 @@ class TrainState:
     def load_state_dict(self, d):
         for k, v in d.items():
             setattr(self, k, v)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its live children (data-loader workers): the
+    measure recipes are compared by on a shared machine, where wall time depends on the load."""
+    try:
+        import psutil
+
+        me = psutil.Process()
+        total = sum(me.cpu_times()[:2])
+        for c in me.children(recursive=True):
+            try:
+                total += sum(c.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+    except ImportError:  # pragma: no cover - psutil is a core dependency
+        return time.process_time()
 
 
 class StopFlag:
@@ -171,8 +193,8 @@ def _in_main_thread():
 
 # ----------------------------------------------------------------------------------------------- rays
 def sample_rays(batch, rcfg, generator: torch.Generator):
-    """Pick supervised pixels per view. Returns rays_o, rays_d [B, K*N, 3], rgb [B, K*N, 3], mask [B, K*N]
-    and the patch side (0 when pixels are scattered)."""
+    """Pick supervised pixels per view. Returns rays_o, rays_d [B, K*N, 3], rgb [B, K*N, 3], mask [B, K*N],
+    the patch side (0 when pixels are scattered) and depth [B, K*N] (None unless the batch has target_depth)."""
     rgb, mask = batch["target_rgb"], batch["target_mask"]
     b, k, h, w, _ = rgb.shape
     dev = rgb.device
@@ -204,8 +226,11 @@ def sample_rays(batch, rcfg, generator: torch.Generator):
     t_rgb = rgb.reshape(b, k, h * w, 3).gather(2, idx[..., None].expand(-1, -1, -1, 3))
     t_mask = mask.reshape(b, k, h * w).gather(2, idx)
     n = idx.shape[-1]
+    t_depth = None
+    if "target_depth" in batch:
+        t_depth = batch["target_depth"].reshape(b, k, h * w).gather(2, idx).reshape(b, k * n)
     return (rays_o.reshape(b, k * n, 3), rays_d.reshape(b, k * n, 3), t_rgb.reshape(b, k * n, 3),
-            t_mask.reshape(b, k * n), patch)
+            t_mask.reshape(b, k * n), patch, t_depth)
 
 
 class TrainStep(torch.nn.Module):
@@ -229,13 +254,21 @@ class TrainStep(torch.nn.Module):
             g.manual_seed(seed)
         return self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background, generator=g)
 
-    def forward(self, images, cameras, rays_o, rays_d, background, generator=None):
+    def forward(self, images, cameras, rays_o, rays_d, background, generator=None, points=None):
+        """-> (render outputs, triplanes); with ``points`` [B, P, 3] the outputs also hold the field there:
+        ``point_density`` [B, P] and ``point_rgb`` [B, P, 3] (3D supervision, no ray marching)."""
         tri = self.lrm(images, cameras)
+        out = self._render(tri, rays_o, rays_d, background, generator)
+        if points is not None and points.shape[1] > 0:
+            q = self.lrm.query(tri, points)
+            out = dict(out, point_density=q["density"].reshape(points.shape[:2]), point_rgb=q["rgb"])
+        return out, tri
+
+    def _render(self, tri, rays_o, rays_d, background, generator):
         c = self.checkpoint_rays
         if c <= 0 or c >= rays_o.shape[1]:
-            out = self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background,
-                                       generator=generator)
-            return out, tri
+            return self.lrm.render_rays(tri, rays_o, rays_d, randomize=True, background=background,
+                                        generator=generator)
         from torch.utils.checkpoint import checkpoint
 
         outs = []
@@ -247,15 +280,23 @@ class TrainStep(torch.nn.Module):
                 outs.append(checkpoint(self._chunk, *args, use_reentrant=False))
             else:
                 outs.append(self._chunk(*args))
-        return {k: torch.cat([o[k] for o in outs], 1) for k in outs[0]}, tri
+        return {k: torch.cat([o[k] for o in outs], 1) for k in outs[0]}
 
 
 def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
     """Loss terms of one micro-batch through a (possibly DDP/DeepSpeed-wrapped) :class:`TrainStep`."""
-    rays_o, rays_d, t_rgb, t_mask, patch = sample_rays(batch, tcfg.render, generator)
+    rays_o, rays_d, t_rgb, t_mask, patch, t_depth = sample_rays(batch, tcfg.render, generator)
+    parts = [batch[k] for k in ("points", "surface_points") if k in batch]
+    points = torch.cat(parts, 1) if parts else None
     out, tri = step_module(batch["input_image"], batch["input_camera"], rays_o, rays_d,
-                           batch["background"][:, None, :], generator)
-    return compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model, patch=patch)
+                           batch["background"][:, None, :], generator, points)
+    targets = {"depth": t_depth}
+    if points is not None:
+        n = batch["points"].shape[1] if "points" in batch else 0
+        targets.update(occupancy=batch.get("occupancy"), surface_rgb=batch.get("surface_rgb"),
+                       n_occupancy=n, point_step=float(tcfg.points.step))
+    return compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model, patch=patch,
+                          targets=targets)
 
 
 def _to_device(batch: Dict, device) -> Dict:
@@ -358,6 +399,11 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     resume_dir, init_dir = resolve_resume(resume, run_dir)
     if init_dir is None and tcfg.init_from:
         init_dir = Path(tcfg.init_from)
+        if not is_model_folder(init_dir) and is_model_folder(init_dir / "model"):
+            init_dir = init_dir / "model"  # a run folder: its exported model
+        if not is_model_folder(init_dir):
+            raise FileNotFoundError(f"--init-from {tcfg.init_from}: not an exported model folder "
+                                    "(model.safetensors + config.yaml) or a run folder with model/")
 
     if int(tcfg.threads) > 0 and accelerator.device.type == "cpu":
         torch.set_num_threads(int(tcfg.threads))
@@ -415,6 +461,7 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     last_saved = state.step if resume_dir is not None else -1
     interrupted = False
     window = {"t0": time.time(), "n": 0, "terms": {}}
+    cpu_mark = cpu_seconds()
 
     def next_batch():
         bad_run = 0
@@ -489,6 +536,9 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.samples += bs * accum * world
+            now_cpu = cpu_seconds()
+            state.cpu_s += now_cpu - cpu_mark
+            cpu_mark = now_cpu
             bar.update(1)
 
             # ---- logging
@@ -508,6 +558,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
                     writer.add_scalar("train/grad_norm", grad_norm, state.step)
                 writer.add_scalar("train/samples_per_s", sps, state.step)
                 writer.add_scalar("train/s_per_step", dt / window["n"], state.step)
+                writer.add_scalar("train/cpu_minutes", state.cpu_s / 60.0, state.step)
+                writer.add_scalar("train/samples", state.samples, state.step)
                 bar.set_postfix(loss=f"{window['terms'].get('total', 0) / window['n']:.4f}",
                                 sps=f"{sps:.2f}")
                 window = {"t0": time.time(), "n": 0, "terms": {}}
@@ -526,12 +578,17 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
                         writer.add_image("val/input_target_prediction", image_grid(val_batch, v), state.step)
                     writer.flush()
                 window["t0"] += time.time() - t_val  # speed figures exclude validation
+                cpu_mark = cpu_seconds()  # and so does the CPU budget
             # ---- checkpoints and signals (the stop decision is collective)
             stop_now = accelerator.gather(torch.tensor([1.0 if stop.signum else 0.0], device=device)).max() > 0
             if int(tcfg.ckpt_every) > 0 and state.step % int(tcfg.ckpt_every) == 0:
                 do_checkpoint(state.step)
             if stop_now:
                 interrupted = True
+                break
+            budget = float(tcfg.max_cpu_minutes)
+            if budget > 0 and state.cpu_s >= budget * 60.0:
+                log.info("CPU budget of %.1f min reached at step %d", budget, state.step)
                 break
         do_checkpoint(state.step)
         export_dir = run_dir / "model"
@@ -555,5 +612,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = build_config(args.config, args.overrides, args.max_steps)
+    if args.init_from:
+        with open_dict(cfg):
+            cfg.train.init_from = args.init_from
     res = train(cfg, output_dir=args.output_dir, resume=args.resume)
     return 0 if res is not None else 1

@@ -1,0 +1,39 @@
+"""bf16 autocast on CPU against fp32, on the shipped checkpoint: the tolerance the bf16 training and inference
+options are held to (triplane relative error, rendered novel view PSNR vs the fp32 render)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = ROOT / "checkpoints" / "default"
+
+
+@pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
+def test_bf16_autocast_forward_and_render_within_tolerance_of_fp32():
+    from PIL import Image
+
+    from lrm import cameras as C
+    from lrm.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(str(CKPT))
+    model.eval()
+    size = int(model.cfg.encoder.image_size)
+    img = np.asarray(Image.open(ROOT / "examples" / "duck.png").convert("RGB").resize((size, size)), np.float32) / 255
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    cam = model.default_camera(1)
+    c2w = C.orbit_camera(torch.tensor([30.0]), torch.tensor([10.0]), 2.0)[None]
+    K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
+    with torch.no_grad():
+        ref = model(x, cam)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, cam)
+            view_low = model.render(low, c2w, K, resolution=48)  # decoder in bf16 too, compositing in fp32
+        view_ref = model.render(ref, c2w, K, resolution=48)
+    assert low.dtype == torch.bfloat16
+    rel = float((low.float() - ref).norm() / ref.norm())
+    assert rel < 0.02, rel
+    assert view_low["rgb"].dtype == torch.float32  # the renderer accumulates in fp32
+    mse = float(((view_low["rgb"] - view_ref["rgb"]) ** 2).mean())
+    assert -10 * np.log10(max(mse, 1e-12)) > 40.0
