@@ -16,17 +16,9 @@ from lrm.data.mesh import normalize_parts, validate  # noqa: E402
 P = get_source("products")
 
 
-def _gl_ok():
-    try:
-        from lrm.data.render_gl import get_context
+from _gl import gl_ok  # noqa: E402
 
-        get_context()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-needs_gl = pytest.mark.skipif(not _gl_ok(), reason="no headless EGL/OpenGL context (make install-system)")
+needs_gl = pytest.mark.skipif(not gl_ok(), reason="no headless EGL/OpenGL context (make install-system)")
 
 
 def _render(parts, res=64, azimuths=(0.0, 90.0, 180.0, 270.0), elevation=10.0):
