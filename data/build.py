@@ -147,6 +147,8 @@ def select_objects(args):
         kw = dict(folder=args.folder, folder_up=args.folder_up, cache=args.cache, seed=args.seed)
         if name == "procedural":
             kw["num"] = args.procedural_num
+        if name == "products":
+            kw["num"] = args.products_num
         if name == "objaverse":
             kw.update(uids=args.objaverse_uids, lvis=args.objaverse_lvis, count=args.objaverse_count)
         got = list(mod.objects(**kw))
@@ -384,11 +386,12 @@ def add_points(args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sources", default=DEFAULT_SOURCES,
-                   help="comma list: procedural,pybullet,flightgear,assimp,cgal,pymeshlab,robosuite,folder,objaverse")
+                   help="comma list: procedural,products,pybullet,flightgear,assimp,cgal,pymeshlab,robosuite,folder,objaverse")
     p.add_argument("--out", default=str(REPO / "data" / "shards" / "default"))
     p.add_argument("--num", type=int, default=None, help="cap on the total number of objects")
     p.add_argument("--procedural-num", type=int, default=800, help="procedural objects to generate")
-    p.add_argument("--seed", type=int, default=0, help="procedural seed")
+    p.add_argument("--products-num", type=int, default=1000, help="product objects (--sources products) to generate")
+    p.add_argument("--seed", type=int, default=0, help="procedural and products seed")
     p.add_argument("--folder", default=None, help="local folder(s) of meshes for --sources folder (comma list)")
     p.add_argument("--folder-up", default="z", choices=["z", "y", "-y"])
     p.add_argument("--objaverse-uids", default=None, help="file with one uid per line, or comma list")

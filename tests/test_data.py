@@ -20,15 +20,7 @@ from lrm.cameras import camera_vector, intrinsics_from_fov, invert_rigid, orbit_
 from lrm.data.mesh import MeshError, normalize_parts  # noqa: E402
 
 
-def _gl_ok():
-    try:
-        from lrm.data.render_gl import get_context
-
-        get_context()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
+from _gl import gl_ok as _gl_ok  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _gl_ok(), reason="no headless EGL/OpenGL context (make install-system)")
 

@@ -23,6 +23,7 @@ MESH_SUFFIXES_SRC = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 #: name -> module (under data.sources) for ``--sources``; ``real`` sources are used for the dev eval set.
 SOURCE_MODULES: Dict[str, str] = {
     "procedural": "data.sources.procedural",
+    "products": "data.sources.products",
     "pybullet": "data.sources.pybullet_objects",
     "flightgear": "data.sources.flightgear",
     "assimp": "data.sources.assimp_models",
