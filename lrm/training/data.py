@@ -35,10 +35,19 @@ def check_batch(batch: Dict) -> Optional[str]:
     return None
 
 
+def loader_extras(cfg) -> Dict:
+    """What the shard loader must add to a batch for the configured losses (and the colour jitter)."""
+    lc, pc = cfg.train.loss, cfg.train.points
+    return {"points": int(pc.occupancy) if float(lc.occupancy) > 0 else 0,
+            "surface_points": int(pc.surface) if float(lc.surface_rgb) > 0 else 0,
+            "depth": float(lc.depth) > 0, "color_jitter": float(cfg.data.color_jitter)}
+
+
 class SyntheticSource:
     def __init__(self, cfg, split: str, rank: int, world_size: int, batch_size: int):
         self.ds = SyntheticMultiView(cfg.data, split=split, seed=cfg.seed,
-                                     distance=cfg.camera.distance, fov_deg=cfg.camera.fov_deg)
+                                     distance=cfg.camera.distance, fov_deg=cfg.camera.fov_deg,
+                                     extras=loader_extras(cfg) if split == "train" else None)
         self.rank, self.world, self.bs = rank, world_size, batch_size
 
     def get(self, position: int) -> Dict:
@@ -50,14 +59,6 @@ class SyntheticSource:
 
     def start(self, position: int):
         pass
-
-
-def loader_extras(cfg) -> Dict:
-    """What the shard loader must add to a batch for the configured losses (and the colour jitter)."""
-    lc, pc = cfg.train.loss, cfg.train.points
-    return {"points": int(pc.occupancy) if float(lc.occupancy) > 0 else 0,
-            "surface_points": int(pc.surface) if float(lc.surface_rgb) > 0 else 0,
-            "depth": float(lc.depth) > 0, "color_jitter": float(cfg.data.color_jitter)}
 
 
 class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk

@@ -49,8 +49,10 @@ def random_object(g: torch.Generator, max_primitives: int = 3) -> Dict[str, torc
     return {"kind": kind, "centre": centre, "half": half, "colour": colour}
 
 
-def render_object(obj: Dict[str, torch.Tensor], c2w: torch.Tensor, intrinsics: torch.Tensor, size: int):
-    """RGB [V, H, W, 3] (unshaded background = 0) and alpha [V, H, W] of an object from V cameras."""
+def render_object(obj: Dict[str, torch.Tensor], c2w: torch.Tensor, intrinsics: torch.Tensor, size: int,
+                  return_depth: bool = False):
+    """RGB [V, H, W, 3] (unshaded background = 0) and alpha [V, H, W] of an object from V cameras (and the
+    ray distance of the visible surface [V, H, W], 0 off the object, with ``return_depth``)."""
     rays_o, rays_d = cam.get_rays(c2w, intrinsics, size, size)  # [V, HW, 3]
     v, n = rays_o.shape[:2]
     best_t = torch.full((v, n), math.inf)
@@ -83,9 +85,82 @@ def render_object(obj: Dict[str, torch.Tensor], c2w: torch.Tensor, intrinsics: t
         normal = torch.where(closer[..., None], nrm, normal)
         colour = torch.where(closer[..., None], col.expand_as(colour), colour)
     alpha = torch.isfinite(best_t).float()
-    shade = 0.35 + 0.65 * (normal @ _LIGHT).clamp_min(0)
-    rgb = colour * shade[..., None] * alpha[..., None]
-    return rgb.reshape(v, size, size, 3), alpha.reshape(v, size, size)
+    rgb = shaded(colour, normal) * alpha[..., None]
+    out = (rgb.reshape(v, size, size, 3), alpha.reshape(v, size, size))
+    if return_depth:
+        depth = torch.where(torch.isfinite(best_t), best_t, torch.zeros_like(best_t))
+        out = out + (depth.reshape(v, size, size),)
+    return out
+
+
+def shaded(colour: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """The synthetic renderer's Lambert + ambient shading of ``colour`` [..., 3] at unit ``normal`` [..., 3]."""
+    return colour * (0.35 + 0.65 * (normal @ _LIGHT).clamp_min(0))[..., None]
+
+
+def _local(obj, i: int, pts: torch.Tensor) -> torch.Tensor:
+    return (pts - obj["centre"][i]) / obj["half"][i]
+
+
+def occupancy(obj: Dict[str, torch.Tensor], pts: torch.Tensor) -> torch.Tensor:
+    """bool [N]: inside any primitive of the object (analytic)."""
+    inside = torch.zeros(len(pts), dtype=torch.bool)
+    for i, kind in enumerate(obj["kind"].tolist()):
+        q = _local(obj, i, pts)
+        inside |= (q.abs().amax(-1) < 1) if kind == BOX else (q.norm(dim=-1) < 1)
+    return inside
+
+
+def surface_samples(obj: Dict[str, torch.Tensor], n: int, g: torch.Generator):
+    """``n`` points on the object's outer surface (primitive surfaces not inside another primitive) with their
+    shaded colours: (points [n, 3], rgb [n, 3])."""
+    pts, rgb = [], []
+    m = 4 * n
+    which = torch.randint(0, len(obj["kind"]), (m,), generator=g)
+    u = torch.nn.functional.normalize(torch.randn(m, 3, generator=g), dim=-1)
+    for i, kind in enumerate(obj["kind"].tolist()):
+        sel = which == i
+        q = u[sel]
+        if kind == BOX:  # a uniform point on a random face of the unit cube
+            axis = torch.randint(0, 3, (len(q),), generator=g)
+            sign = torch.randint(0, 2, (len(q),), generator=g).float() * 2 - 1
+            q = torch.rand(len(q), 3, generator=g) * 2 - 1
+            q[torch.arange(len(q)), axis] = sign
+            nrm = torch.zeros_like(q)
+            nrm[torch.arange(len(q)), axis] = sign
+        else:
+            nrm = q / obj["half"][i]  # gradient of |x / h|^2
+        p = obj["centre"][i] + q * obj["half"][i]
+        pts.append(p)
+        rgb.append(shaded(obj["colour"][i].expand(len(p), 3), torch.nn.functional.normalize(nrm, dim=-1)))
+    pts, rgb = torch.cat(pts), torch.cat(rgb)
+    outer = torch.ones(len(pts), dtype=torch.bool)
+    for i, kind in enumerate(obj["kind"].tolist()):  # drop points buried in another primitive
+        q = _local(obj, i, pts)
+        outer &= ~((q.abs().amax(-1) < 1 - 1e-4) if kind == BOX else (q.norm(dim=-1) < 1 - 1e-4))
+    pts, rgb = pts[outer], rgb[outer]
+    perm = torch.randperm(len(pts), generator=g)  # mix the primitives (they were concatenated in order)
+    idx = perm[torch.arange(n) % max(1, len(pts))]
+    return pts[idx], rgb[idx]
+
+
+def object_points(obj, n_occ: int, n_surf: int, g: torch.Generator, M: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """3D supervision of a synthetic object in the canonical frame (``M``: the camera canonicalisation), the
+    same keys as the shard loader's: points / occupancy (half uniform in the ball, half near the surface) and
+    surface_points / surface_rgb."""
+    surf, rgb = surface_samples(obj, max(n_surf, n_occ), g)
+    half = n_occ // 2
+    d = torch.nn.functional.normalize(torch.randn(half, 3, generator=g), dim=-1)
+    uni = d * (0.866 * torch.rand(half, 1, generator=g) ** (1 / 3))
+    near = surf[: n_occ - half] + torch.randn(n_occ - half, 3, generator=g) * 0.02
+    pts = torch.cat([uni, near])
+    R, t = M[:3, :3], M[:3, 3]
+    out = {}
+    if n_occ > 0:
+        out["points"], out["occupancy"] = pts @ R.T + t, occupancy(obj, pts).float()
+    if n_surf > 0:
+        out["surface_points"], out["surface_rgb"] = surf[:n_surf] @ R.T + t, rgb[:n_surf]
+    return out
 
 
 def _fixed_colour(kind, default: torch.Tensor) -> torch.Tensor:
@@ -103,8 +178,10 @@ def _fixed_colour(kind, default: torch.Tensor) -> torch.Tensor:
 class SyntheticMultiView:
     """Indexed dataset of synthetic objects; ``batch(indices)`` -> a training batch dict."""
 
-    def __init__(self, cfg_data, split: str = "train", seed: int = 0, distance: float = 2.0, fov_deg: float = 40.0):
+    def __init__(self, cfg_data, split: str = "train", seed: int = 0, distance: float = 2.0, fov_deg: float = 40.0,
+                 extras=None):
         s = cfg_data.synthetic
+        self.extras = dict(extras or {})  # as lrm.data.make_loader's: points, surface_points, depth
         self.size = int(cfg_data.image_size)
         self.k = int(cfg_data.num_views_target)
         self.background = cfg_data.background if split == "train" else "white"
@@ -148,15 +225,21 @@ class SyntheticMultiView:
         else:
             c2w = self._cameras(g, self.k + 1)
         intr = cam.intrinsics_from_fov(self.fov).expand(self.k + 1, 4)
-        rgb, alpha = render_object(obj, c2w, intr, self.size)
+        rgb, alpha, depth = render_object(obj, c2w, intr, self.size, return_depth=True)
         if self.background == "white":
             bg = torch.ones(3)
         else:
             bg = torch.rand(3, generator=g)
         inp = rgb[0] + (1 - alpha[0, ..., None]) * _fixed_colour(self.input_background, bg)
         rgb = rgb + (1 - alpha[..., None]) * bg
-        c2w_canon, _ = cam.canonicalize(c2w, self.distance)
-        return {
+        c2w_canon, M = cam.canonicalize(c2w, self.distance)
+        extra = {}
+        n_occ, n_surf = int(self.extras.get("points", 0)), int(self.extras.get("surface_points", 0))
+        if n_occ > 0 or n_surf > 0:
+            extra.update(object_points(obj, n_occ, n_surf, _gen(self.seed, self._split_key, 2, index), M))
+        if self.extras.get("depth"):
+            extra["target_depth"] = depth[1:]
+        return {**extra,
             "input_image": inp.permute(2, 0, 1).contiguous(),
             "input_camera": cam.camera_vector(c2w_canon[0], intr[0]),
             "target_rgb": rgb[1:],
