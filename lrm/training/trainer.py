@@ -95,7 +95,8 @@ def check_world_size(num_processes: int, env=None, requested: Optional[int] = No
 
 
 def _mixed_precision(tcfg) -> Optional[str]:
-    mp = str(tcfg.mixed_precision)
+    mp = tcfg.mixed_precision
+    mp = "no" if mp is False or mp is None else str(mp)  # YAML 1.1 / dotted overrides read `no` as false
     if mp != "auto":
         return mp
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
