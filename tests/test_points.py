@@ -319,3 +319,23 @@ def test_synthetic_source_gives_the_same_3d_supervision_analytically():
         close = near.values < 0.02
         if close.any():
             assert b["occupancy"][j][near.indices[close]].mean() > 0.6
+
+
+def test_one_batch_contract_for_both_sources():
+    """The synthetic source's batch passes the contract check (with extras); broken shapes are named."""
+    from omegaconf import OmegaConf
+
+    from lrm.data.batch import check_batch, fixed_background
+    from lrm.training.defaults import DATA_DEFAULTS
+    from lrm.training.synthetic import SyntheticMultiView
+
+    cfg = OmegaConf.create(dict(DATA_DEFAULTS, image_size=16, num_views_target=2))
+    b = SyntheticMultiView(cfg, "train", extras={"points": 8, "surface_points": 4, "depth": True}).batch([0, 1])
+    assert check_batch(b) is None
+    bad = dict(b, occupancy=b["occupancy"][:, :5])
+    assert "occupancy" in check_batch(bad) and "N=8" in check_batch(bad)
+    assert "non-finite" in check_batch(dict(b, target_depth=b["target_depth"] * float("nan")))
+    assert "missing" in check_batch({k: v for k, v in b.items() if k != "background"})
+    assert fixed_background("random") is None and torch.equal(fixed_background("grey"), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="unknown background"):
+        fixed_background("purple")

@@ -1,6 +1,6 @@
 """Training loader: a webdataset pipeline over multi-view shards (format: :mod:`lrm.data.shards`).
 
-``make_loader`` yields the "Training batch" of docs/conventions.md::
+``make_loader`` yields the training batch of :mod:`lrm.data.batch` (docs/conventions.md)::
 
     input_image       [B, 3, S, S]     input view composited on `background`
     input_camera      [B, 16]          camera_vector of the canonical input camera
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import camera_vector, canonicalize
+from .batch import collate, fixed_background
 from .shards import decode_header, decode_png, decode_sample, iter_raw, list_shards
 
 logger = logging.getLogger("lrm.data")
@@ -110,17 +111,8 @@ class _Reader:
 
 
 def _background(kind, rng: np.random.Generator) -> np.ndarray:
-    if isinstance(kind, str):
-        if kind == "random":
-            return rng.random(3).astype(np.float32)
-        if kind == "white":
-            return np.ones(3, np.float32)
-        if kind == "black":
-            return np.zeros(3, np.float32)
-        if kind in ("grey", "gray"):
-            return np.full(3, 0.5, np.float32)
-        raise ValueError(f"unknown background {kind!r}")
-    return np.asarray(kind, np.float32).reshape(3)
+    fixed = fixed_background(kind)
+    return rng.random(3).astype(np.float32) if fixed is None else fixed.numpy().astype(np.float32)
 
 
 def resize_rgba(rgba: torch.Tensor, size: int) -> torch.Tensor:
@@ -259,13 +251,6 @@ class _Decoder:
             "background": bg,
             "uid": head["uid"],
         }
-
-
-def collate(samples: List[dict]) -> dict:
-    keys = [k for k in samples[0] if k != "uid" and not k.startswith("__")]  # webdataset adds __key__/__url__
-    out = {k: torch.stack([s[k] for s in samples]) for k in keys}
-    out["uid"] = [s["uid"] for s in samples]
-    return out
 
 
 def _worker_init(_):

@@ -17,24 +17,6 @@ from .synthetic import SyntheticMultiView
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("input_image", "input_camera", "target_rgb", "target_mask", "target_c2w", "target_intrinsics",
-              "background")
-
-
-def check_batch(batch: Dict) -> Optional[str]:
-    """None when a batch is usable, else the reason it is not."""
-    missing = [k for k in BATCH_KEYS if k not in batch]
-    if missing:
-        return f"missing keys {missing}"
-    for k in BATCH_KEYS:
-        v = batch[k]
-        if not torch.is_tensor(v):
-            return f"{k} is not a tensor"
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            return f"{k} has non-finite values"
-    return None
-
-
 def loader_extras(cfg) -> Dict:
     """What the shard loader must add to a batch for the configured losses (and the colour jitter)."""
     lc, pc = cfg.train.loss, cfg.train.points

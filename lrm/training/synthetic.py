@@ -2,8 +2,8 @@
 
 Every object is 1..``max_primitives`` axis-aligned primitives inside the unit cube, rendered analytically
 (ray-primitive intersection, Lambert + ambient shading, binary alpha) from orbit cameras
-(``lrm.cameras.orbit_camera``, distance 2, FoV 40). Batches follow the "Training batch" contract of
-docs/conventions.md exactly: cameras canonicalised to the input view, images composited on the background.
+(``lrm.cameras.orbit_camera``, distance 2, FoV 40). Batches follow the training batch contract of
+:mod:`lrm.data.batch` exactly: cameras canonicalised to the input view, images composited on the background.
 
 Everything is a pure function of ``(seed, sample index)``: ``batch(indices)`` returns the same tensors in
 any process at any time, so the trainer's data position is just the step counter (exact resume).
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 
 from .. import cameras as cam
+from ..data.batch import collate, fixed_background
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +164,6 @@ def object_points(obj, n_occ: int, n_surf: int, g: torch.Generator, M: torch.Ten
     return out
 
 
-def _fixed_colour(kind, default: torch.Tensor) -> torch.Tensor:
-    """``data.input_background``: None = the sample's background, "white", "black", "grey" or an RGB triple."""
-    if kind is None:
-        return default
-    if isinstance(kind, str):
-        named = {"white": 1.0, "black": 0.0, "grey": 0.5, "gray": 0.5}
-        if kind not in named:
-            raise ValueError(f"unknown data.input_background {kind!r} (null | white | black | grey | [r, g, b])")
-        return torch.full((3,), named[kind])
-    return torch.tensor([float(x) for x in kind]).reshape(3)
-
-
 class SyntheticMultiView:
     """Indexed dataset of synthetic objects; ``batch(indices)`` -> a training batch dict."""
 
@@ -230,7 +219,8 @@ class SyntheticMultiView:
             bg = torch.ones(3)
         else:
             bg = torch.rand(3, generator=g)
-        inp = rgb[0] + (1 - alpha[0, ..., None]) * _fixed_colour(self.input_background, bg)
+        ibg = fixed_background(self.input_background)  # None: the sample's own background
+        inp = rgb[0] + (1 - alpha[0, ..., None]) * (bg if ibg is None else ibg)
         rgb = rgb + (1 - alpha[..., None]) * bg
         c2w_canon, M = cam.canonicalize(c2w, self.distance)
         extra = {}
@@ -253,9 +243,3 @@ class SyntheticMultiView:
     def batch(self, indices: Sequence[int]) -> Dict[str, object]:
         """Collate samples. A corrupt sample raises ``CorruptSample`` (the trainer skips that batch)."""
         return collate([self.sample(int(i)) for i in indices])
-
-
-def collate(samples: List[Dict]) -> Dict[str, object]:
-    out = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "uid"}
-    out["uid"] = [s["uid"] for s in samples]
-    return out

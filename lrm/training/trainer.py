@@ -28,7 +28,8 @@ from omegaconf import DictConfig, open_dict
 from .. import cameras as cam
 from ..config import load_config, save_config
 from . import checkpoint as ckpt
-from .data import check_batch, make_source, resolve_source
+from ..data.batch import check_batch
+from .data import make_source, resolve_source
 from .defaults import apply_defaults
 from ..checkpoint import is_checkpoint_dir as is_model_folder, read_checkpoint, save_state_dict
 from .losses import compute_losses, load_lpips, mask_iou, psnr

@@ -1,0 +1,89 @@
+"""The training batch, defined once: keys, shapes, backgrounds, collate and checks.
+
+Both batch sources produce it — the shard loader (``lrm/data/loader.py``) and the synthetic source
+(``lrm/training/synthetic.py``) — and the trainer consumes it (docs/conventions.md, "Training batch").
+B objects, K supervision views, S×S images, N occupancy points, M surface samples:
+
+    input_image       [B, 3, S, S]     input view composited on its background
+    input_camera      [B, 16]          camera_vector of the canonical input camera
+    target_rgb        [B, K, S, S, 3]  supervision views composited on `background`
+    target_mask       [B, K, S, S]     their alpha
+    target_c2w        [B, K, 4, 4]     supervision cameras (canonical frame)
+    target_intrinsics [B, K, 4]        normalised intrinsics
+    background        [B, 3]
+    uid               list of B str
+  optional (3D and depth supervision, when a loss asks for them):
+    points            [B, N, 3]        occupancy query points (canonical frame)
+    occupancy         [B, N]           1 inside, 0 outside
+    surface_points    [B, M, 3]        surface samples (canonical frame)
+    surface_rgb       [B, M, 3]        their colour as the views show it
+    target_depth      [B, K, S, S]     ray distance of the visible surface, 0 off the object
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+#: key -> shape pattern (letters are sizes shared across keys of one batch)
+REQUIRED = {
+    "input_image": "B3SS", "input_camera": "B*", "target_rgb": "BKSS3", "target_mask": "BKSS",
+    "target_c2w": "BK44", "target_intrinsics": "BK4", "background": "B3",
+}
+OPTIONAL = {
+    "points": "BN3", "occupancy": "BN", "surface_points": "BM3", "surface_rgb": "BM3", "target_depth": "BKSS",
+}
+NAMED_BACKGROUNDS = {"white": 1.0, "black": 0.0, "grey": 0.5, "gray": 0.5}
+
+Background = Union[None, str, Sequence[float]]
+
+
+def fixed_background(kind: Background) -> Optional[torch.Tensor]:
+    """The colour [3] of a background setting, or None for ``"random"`` / None (the caller draws it).
+    Settings: ``random``, ``white``, ``black``, ``grey`` or an RGB triple in [0, 1]."""
+    if kind is None or (isinstance(kind, str) and kind == "random"):
+        return None
+    if isinstance(kind, str):
+        if kind not in NAMED_BACKGROUNDS:
+            raise ValueError(f"unknown background {kind!r} (random | white | black | grey | [r, g, b])")
+        return torch.full((3,), NAMED_BACKGROUNDS[kind])
+    c = torch.tensor([float(x) for x in kind])
+    if c.shape != (3,):
+        raise ValueError(f"a background colour needs 3 values, got {list(kind)!r}")
+    return c
+
+
+def collate(samples: List[dict]) -> dict:
+    """Stack per-object samples into a batch (``uid`` as a list; webdataset's ``__key__``-style keys dropped)."""
+    keys = [k for k in samples[0] if k != "uid" and not k.startswith("__")]
+    out = {k: torch.stack([s[k] for s in samples]) for k in keys}
+    out["uid"] = [s["uid"] for s in samples]
+    return out
+
+
+def check_batch(batch: Dict) -> Optional[str]:
+    """None when a batch follows the contract (keys, tensors, consistent shapes, finite values), else why not."""
+    missing = [k for k in REQUIRED if k not in batch]
+    if missing:
+        return f"missing keys {missing}"
+    sizes: Dict[str, int] = {}
+    for k, pattern in {**REQUIRED, **OPTIONAL}.items():
+        if k not in batch:
+            continue
+        v = batch[k]
+        if not torch.is_tensor(v):
+            return f"{k} is not a tensor"
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            return f"{k} has non-finite values"
+        if "*" in pattern:
+            pattern = pattern.replace("*", "")
+            shape = v.shape[:len(pattern)]
+        else:
+            shape = v.shape
+            if len(shape) != len(pattern):
+                return f"{k} has shape {tuple(v.shape)}, expected [{', '.join(pattern)}]"
+        for size, letter in zip(shape, pattern):
+            want = int(letter) if letter.isdigit() else sizes.setdefault(letter, int(size))
+            if int(size) != want:
+                return f"{k} has shape {tuple(v.shape)}, inconsistent with [{', '.join(pattern)}] ({letter}={want})"
+    return None
