@@ -173,7 +173,8 @@ class Pipeline:
         return mesh
 
     @torch.no_grad()
-    def turntable(self, triplane, frames: Optional[int] = None, progress: Optional[Progress] = None) -> List[np.ndarray]:
+    def turntable(self, triplane, frames: Optional[int] = None,
+                  progress: Optional[Progress] = None) -> List[np.ndarray]:
         o, cam = self.opts, self.cfg.camera
         n = int(frames or o["video_frames"])
         c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
