@@ -77,13 +77,17 @@ def coerce(option, value):
     """A widget's value as the option's type (sliders give floats, dropdowns may give strings)."""
     if value is None or value == "":
         return None
-    if option.kind == "bool":
-        return bool(value)
-    if option.kind == "int" or (option.kind == "choice" and isinstance(option.default, int)):
-        return int(float(value))
-    if option.kind == "float":
-        return float(value)
-    return value
+    return value_type(option)(value)
+
+
+def integer(value) -> int:
+    return int(float(value))  # sliders send 4.0
+
+
+def value_type(option):
+    """int / float / bool / str converter for an option's values (a choice: its choices' type)."""
+    kind = type(option.choices[0]).__name__ if option.kind == "choice" and option.choices else option.kind
+    return {"int": integer, "float": float, "bool": bool}.get(kind, str)
 
 
 @dataclass
@@ -251,14 +255,14 @@ def build_ui(app: DemoApp):
                                      elem_id="video")
                     timings = gr.Markdown(elem_id="timings")
                 downloads = download_widgets(gr)
-        for trigger in (image.change, checkpoint.change):
-            trigger(app.preview, [image, checkpoint], [preview, status], queue=False)
+        image.change(app.preview, [image, checkpoint], [preview, status], queue=False, api_name="preview")
+        checkpoint.change(app.preview, [image, checkpoint], [preview, status], queue=False, api_visibility="private")
 
         def on_run(img, ckpt, *values, progress=gr.Progress()):
             return app.run(img, ckpt, *values, progress=progress)
 
         run.click(on_run, [image, checkpoint, *widgets], [status, viewer, video, timings, *downloads],
-                  concurrency_limit=1)
+                  concurrency_limit=1, api_name="reconstruct")
     return demo.queue(max_size=32, default_concurrency_limit=1)
 
 
@@ -273,8 +277,7 @@ def parse_args(argv=None):
 
     for o in USER_OPTIONS:  # initial values of the page's options, as infer.py's flags
         if o.flag and o.kind != "bool":
-            p.add_argument(o.flag, dest=o.name, default=None, type={"float": float, "int": int}.get(o.kind, str),
-                           help=f"initial {o.label}")
+            p.add_argument(o.flag, dest=o.name, default=None, type=value_type(o), help=f"initial {o.label}")
     return p.parse_args(argv)
 
 

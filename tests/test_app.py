@@ -122,7 +122,18 @@ def test_unknown_checkpoint_is_one_line(app):
     assert out[0].startswith("error: unknown checkpoint 'nowhere'")
 
 
-# ---------------------------------------------------------------------------------------------- in a browser
+def test_flags_set_typed_initial_values(tmp_path, capsys):
+    from lrm.app import main, parse_args
+
+    args = parse_args(["--mc-resolution", "33", "--texture", "uv", "--mc-threshold", "3.5", "--video-frames", "3"])
+    opts = {o.name: o.default for o in DemoApp(defaults=vars(args)).options}
+    assert (opts["mc_resolution"], opts["texture"], opts["mc_threshold"], opts["video_frames"]) == (33, "uv", 3.5, 3)
+    assert main(["--checkpoints", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+
+
+# ---------------------------------------------------------------------------------------------- served
 def _browser_skip_reason():
     for module, extra in (("gradio", "app"), ("selenium", "app-test")):
         if importlib.util.find_spec(module) is None:
@@ -205,60 +216,80 @@ def fetch(url) -> bytes:
         return r.read()
 
 
-def test_page_in_headless_chromium(app, tmp_path, outbound, record_property):
+@pytest.fixture
+def served(app, outbound):
+    """The page on a free localhost port, in this process; yields its URL."""
+    if importlib.util.find_spec("gradio") is None:
+        pytest.skip('gradio is not installed: pip install -e ".[app]" (make install-app)')
+    from lrm.app import launch
+
+    port = free_port()
+    demo = launch(app, port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+    assert not outbound, f"the server tried to reach {outbound}"
+
+
+def test_queue_serves_concurrent_requests(app, served):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    values = [o.default for o in app.options]
+    jobs = [client.submit(handle_file(str(DUCK)), "default", *values, api_name="/reconstruct") for _ in range(2)]
+    statuses = [job.result(timeout=600)[0] for job in jobs]
+    assert all(s.startswith("done") for s in statuses), statuses
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium driven by its own chromedriver (skipped with the reason when missing)."""
     reason = _browser_skip_reason()
     if reason:
         pytest.skip(reason)
+    driver = chrome()
+    yield driver
+    driver.quit()
+
+
+def test_page_in_headless_chromium(app, browser, served, tmp_path, record_property):
     import trimesh
     from selenium.webdriver.common.by import By
 
-    from lrm.app import launch
-
     t0 = time.perf_counter()
-    port = free_port()
-    demo = launch(app, port=port, block=False)
-    driver = None
-    try:
-        driver = chrome()
-        t_up = time.perf_counter()
-        driver.get(f"http://127.0.0.1:{port}/")
-        upload = wait_for("the upload input", lambda: driver.find_element(
-            By.CSS_SELECTOR, "#input-image input[type=file]"), 60)
-        upload.send_keys(str(DUCK))
-        status = lambda: driver.find_element(By.ID, "status").text.strip()  # noqa: E731
-        wait_for("the preprocessed preview", lambda: status().startswith("ready") and driver.find_element(
-            By.CSS_SELECTOR, "#preview img"), 60)
-        driver.find_element(By.ID, "run").click()
-        t_run = time.perf_counter()
-        wait_for("the run to finish", lambda: status().startswith(("done", "error")), 300)
-        assert status().startswith("done"), status()
-        t_done = time.perf_counter()
-        link = wait_for("the viewer's model link", lambda: driver.find_element(
-            By.CSS_SELECTOR, "#viewer a[data-testid=model3d-download-link]").get_attribute("href"), 60)
-        wait_for("the model drawn in the viewer's canvas", lambda: canvas_has_model(driver), 90, every=2)
-        t_drawn = time.perf_counter()
-        for url in (link, driver.find_element(By.CSS_SELECTOR, "#download-glb a").get_attribute("href")):
-            assert urlparse(url).path.endswith(".glb"), url
-            data = fetch(url)
-            assert data[:4] == b"glTF", url
-            assert len(trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", force="mesh").faces) > 0
-        for kind in ("obj", "ply", "triplane"):
-            assert driver.find_element(By.CSS_SELECTOR, f"#download-{kind} a").get_attribute("href"), kind
-        shot = tmp_path / "app_duck.png"
-        driver.save_screenshot(str(shot))
-        if SCREENSHOT:
-            shutil.copy(shot, ROOT / "docs" / "images" / "app_duck.png")
-        offsite = [u for u in requested_urls(driver)
-                   if urlparse(u).scheme in ("http", "https", "ws", "wss")
-                   and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
-        assert not offsite, f"the page fetched from outside localhost: {offsite[:5]}"
-        assert not outbound, f"the server tried to reach {outbound}"
-    finally:
-        if driver is not None:
-            driver.quit()
-        demo.close()
-    timing = (f"server+browser start {t_up - t0:.1f}s, upload+preview {t_run - t_up:.1f}s, "
-              f"reconstruct {t_done - t_run:.1f}s, viewer drawn {t_drawn - t_done:.1f}s, "
-              f"total {time.perf_counter() - t0:.1f}s; screenshot {shot}")
+    driver = browser
+    driver.get(served)
+    upload = wait_for("the upload input", lambda: driver.find_element(
+        By.CSS_SELECTOR, "#input-image input[type=file]"), 60)
+    upload.send_keys(str(DUCK))
+    status = lambda: driver.find_element(By.ID, "status").text.strip()  # noqa: E731
+    wait_for("the preprocessed preview", lambda: status().startswith("ready") and driver.find_element(
+        By.CSS_SELECTOR, "#preview img"), 60)
+    driver.find_element(By.ID, "run").click()
+    t_run = time.perf_counter()
+    wait_for("the run to finish", lambda: status().startswith(("done", "error")), 300)
+    assert status().startswith("done"), status()
+    t_done = time.perf_counter()
+    link = wait_for("the viewer's model link", lambda: driver.find_element(
+        By.CSS_SELECTOR, "#viewer a[data-testid=model3d-download-link]").get_attribute("href"), 60)
+    wait_for("the model drawn in the viewer's canvas", lambda: canvas_has_model(driver), 90, every=2)
+    t_drawn = time.perf_counter()
+    for url in (link, driver.find_element(By.CSS_SELECTOR, "#download-glb a").get_attribute("href")):
+        assert urlparse(url).path.endswith(".glb"), url
+        data = fetch(url)
+        assert data[:4] == b"glTF", url
+        assert len(trimesh.load(trimesh.util.wrap_as_stream(data), file_type="glb", force="mesh").faces) > 0
+    for kind in ("obj", "ply", "triplane"):
+        assert driver.find_element(By.CSS_SELECTOR, f"#download-{kind} a").get_attribute("href"), kind
+    shot = tmp_path / "app_duck.png"
+    driver.save_screenshot(str(shot))
+    if SCREENSHOT:
+        shutil.copy(shot, ROOT / "docs" / "images" / "app_duck.png")
+    offsite = [u for u in requested_urls(driver)
+               if urlparse(u).scheme in ("http", "https", "ws", "wss")
+               and urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+    assert not offsite, f"the page fetched from outside localhost: {offsite[:5]}"
+    timing = (f"page + upload + preview {t_run - t0:.1f}s, reconstruct {t_done - t_run:.1f}s, "
+              f"viewer drawn {t_drawn - t_done:.1f}s, total {time.perf_counter() - t0:.1f}s "
+              f"(after server + browser start); screenshot {shot}")
     record_property("browser_timing", timing)
     print(timing)
