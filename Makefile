@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-system install-data-system data data-eval demo test test-slow bench bench-data
+.PHONY: install install-system install-data-system install-app install-browser app data data-eval demo test test-slow bench bench-data
 
 install-system:
 	@if ! $(PYTHON) -c "import moderngl" >/dev/null 2>&1 || ! ldconfig -p | grep -q libEGL_mesa; then \
@@ -26,7 +26,25 @@ install: install-system
 demo: install
 	$(PYTHON) infer.py examples/duck.png --out outputs/demo --video
 
-test: install
+# The web demo (lrm/app.py, docs/app.md): gradio in the optional `app` extra, selenium for its browser test.
+install-app: install
+	$(PIP) install -q -e ".[app,app-test]"
+
+# Headless Chromium + its driver from Debian for tests/test_app.py's browser test (no browser downloads).
+BROWSER_DEBS := chromium chromium-driver
+install-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q --no-install-recommends $(BROWSER_DEBS) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(BROWSER_DEBS) >/dev/null)) \
+	  || echo "warning: could not install $(BROWSER_DEBS); the web demo's browser test will be skipped"; \
+	else echo "note: not root/apt: install $(BROWSER_DEBS) yourself to run the web demo's browser test"; fi
+
+# http://127.0.0.1:7860 ; options: make app APP_ARGS="--port 8000 --mc-resolution 65"
+app: install-app
+	$(PYTHON) -m lrm.app $(APP_ARGS)
+
+test: install install-app install-browser
 	$(PYTHON) -m pytest -q
 
 test-slow: install

@@ -57,31 +57,21 @@ def check_output_dir(out: Path):
 
 
 def process(pipe, image: str, args, out_root: Path) -> Path:
-    import numpy as np
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from lrm.pipeline import export_mesh, save_video
-    from lrm.preprocess import InputError
+    from lrm.outputs import require_surface, write_result
 
     name = Path(image).stem or "image"
     final = out_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
     try:
         result = pipe.run(image, mask=args.mask, video=args.video)
-        if len(result.mesh.faces) == 0:
-            raise InputError(f"no surface found for {image} (try a lower --mc-threshold)")
+        require_surface(result, image)
         t = time.perf_counter()
-        files = export_mesh(result.mesh, tmp / f"mesh.{args.format}", args.format, args.orientation)
-        save_file({"triplane": result.triplane.contiguous()}, str(tmp / "triplane.safetensors"),
-                  metadata={"radius": str(pipe.cfg.model.render.radius)})
-        Image.fromarray((np.clip(result.input_image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp / "input.png")
-        if result.frames is not None:
-            save_video(result.frames, tmp / f"turntable.{args.video_format}")
+        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
+                             radius=pipe.cfg.model.render.radius)
         result.timings["export"] = time.perf_counter() - t
         info = {"image": str(image), "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
                 "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
-                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files]}
+                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
         (tmp / "timings.json").write_text(json.dumps(info, indent=2))
         if final.exists():
             shutil.rmtree(final)

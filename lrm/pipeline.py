@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +43,44 @@ INFER_DEFAULTS = dict(
     video_elevation=20.0,
     chunk=32768,
 )
+
+
+@dataclass(frozen=True)
+class Option:
+    """A user-facing setting, described once so front ends (infer.py flags, the web app) can offer it.
+
+    ``applies`` says where it goes: "init" = a Pipeline option (``with_options``), "run" = a keyword of
+    :meth:`Pipeline.run`. A new stage (refinement, multi-view) adds its entries here and the app shows them.
+    """
+    name: str
+    kind: str  # int | float | choice | bool
+    label: str
+    help: str = ""
+    flag: str = ""  # the infer.py flag
+    choices: Tuple = ()
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    step: Optional[float] = None
+    applies: str = "init"
+    default: object = None
+
+
+USER_OPTIONS = (
+    Option("mc_resolution", "choice", "mesh resolution", "marching-cubes grid points per side",
+           "--mc-resolution", choices=(33, 65, 129, 257)),
+    Option("mc_threshold", "float", "surface threshold", "density level of the surface (lower: fuller mesh)",
+           "--mc-threshold"),
+    Option("texture", "choice", "texture", "vertex colours, or a baked UV texture map", "--texture",
+           choices=("vertex", "uv")),
+    Option("texture_size", "choice", "texture size", "UV texture map side in pixels (uv texture only)",
+           "--texture-size", choices=(256, 512, 1024, 2048)),
+    Option("video", "bool", "turntable video", "render a turntable of the triplane (slow on CPU)", "--video",
+           applies="run", default=True),
+    Option("video_frames", "int", "turntable frames", "views in the turntable", "--video-frames",
+           minimum=1, maximum=96, step=1),
+)
+
+Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
 
 
 @dataclass
@@ -85,7 +123,21 @@ class Pipeline:
         model, cfg = load_checkpoint(Path(path) if path else DEFAULT_CHECKPOINT, dev)
         return cls(model, cfg, dev, **options)
 
+    def with_options(self, **options) -> "Pipeline":
+        """A pipeline on the same (already loaded) model with some options changed; None keeps a value."""
+        changed = {k: v for k, v in options.items() if v is not None}
+        return Pipeline(self.model, self.cfg, self.device, **{**self.opts, **changed})
+
+    def user_options(self) -> List[Option]:
+        """The settings a front end can offer, with this pipeline's current values as defaults."""
+        return [o if o.applies != "init" else replace(o, default=self.opts[o.name]) for o in USER_OPTIONS]
+
     # ---------------------------------------------------------------- stages
+    def preprocess(self, image, mask=None):
+        """The model input exactly as :meth:`run` makes it (crop, rescale, composite): lrm.preprocess."""
+        o = self.opts
+        return preprocess(image, o["input_size"], mask, o["foreground_ratio"], tuple(o["input_background"]))
+
     def input_camera(self) -> torch.Tensor:
         cam = self.cfg.camera
         return self.model.default_camera(1, self.device, torch.float32, cam.distance, cam.fov_deg)
@@ -121,35 +173,42 @@ class Pipeline:
         return mesh
 
     @torch.no_grad()
-    def turntable(self, triplane, frames: Optional[int] = None) -> List[np.ndarray]:
+    def turntable(self, triplane, frames: Optional[int] = None,
+                  progress: Optional[Progress] = None) -> List[np.ndarray]:
         o, cam = self.opts, self.cfg.camera
         n = int(frames or o["video_frames"])
         c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
         intr = C.intrinsics_from_fov(cam.fov_deg).to(self.device).expand(1, n, 4)
         out = []
         for i in range(n):  # one view at a time keeps memory flat
+            if progress:
+                progress("turntable", i / n)
             rgb = self.model.render(triplane, c2w[:, i:i + 1], intr[:, i:i + 1], o["video_resolution"],
                                     background=[1.0, 1.0, 1.0])["rgb"][0, 0]
             out.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
         return out
 
     # ---------------------------------------------------------------- all together
-    def run(self, image, mask=None, video: bool = False) -> Result:
+    def run(self, image, mask=None, video: bool = False, progress: Optional[Progress] = None) -> Result:
+        """``progress(stage, fraction)`` is called as each stage starts (and per turntable frame)."""
+        report = progress or (lambda stage, done: None)
         timings: Dict[str, float] = {}
         stats: Dict[str, object] = {}
+        report("preprocess", 0.0)
         t = time.perf_counter()
-        pre = preprocess(image, self.opts["input_size"], mask, self.opts["foreground_ratio"],
-                         tuple(self.opts["input_background"]))
+        pre = self.preprocess(image, mask)
         timings["preprocess"] = time.perf_counter() - t
         stats["mask_source"] = pre.mask_source
+        report("model", 0.0)
         t = time.perf_counter()
         tri = self.triplane(pre.image)
         timings["model"] = time.perf_counter() - t
+        report("mesh", 0.0)
         mesh = self.extract_mesh(tri, timings, stats)
         frames = None
         if video:
             t = time.perf_counter()
-            frames = self.turntable(tri)
+            frames = self.turntable(tri, progress=report)
             timings["turntable"] = time.perf_counter() - t
         return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats)
 
