@@ -1,23 +1,9 @@
 """Training loader: a webdataset pipeline over multi-view shards (format: :mod:`lrm.data.shards`).
 
-``make_loader`` yields the training batch of :mod:`lrm.data.batch` (docs/conventions.md)::
-
-    input_image       [B, 3, S, S]     input view composited on `background`
-    input_camera      [B, 16]          camera_vector of the canonical input camera
-    target_rgb        [B, K, S, S, 3]  supervision views composited on `background`
-    target_mask       [B, K, S, S]     their alpha
-    target_c2w        [B, K, 4, 4]     supervision cameras (canonical frame)
-    target_intrinsics [B, K, 4]        normalised intrinsics
-    background        [B, 3]
-    uid               list of B str
-
-and, when asked for (``extras``), 3D and depth supervision (lrm/data/points.py; canonical frame):
-
-    points            [B, N, 3]        occupancy query points       (extras.points = N > 0)
-    occupancy         [B, N]           1 inside, 0 outside
-    surface_points    [B, M, 3]        surface samples              (extras.surface_points = M > 0)
-    surface_rgb       [B, M, 3]        their rendered colour (after the same colour jitter as the views)
-    target_depth      [B, K, S, S]     ray distance of the supervision views' surface (extras.depth; 0 where empty)
+``make_loader`` yields the training batch of :mod:`lrm.data.batch` (keys and shapes there and in
+docs/conventions.md); ``extras`` asks for the optional 3D and depth supervision keys: ``points = N`` occupancy
+points and labels, ``surface_points = M`` surface samples and colours (lrm/data/points.py, rotated into the
+canonical frame), ``depth = True`` the supervision views' ray-distance depth.
 
 ``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
 the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
