@@ -71,7 +71,7 @@ def run_all(names, out: Path, minutes: float, parallel: int, threads: int, extra
                 print(f"[bench] {n}: exit {proc.returncode}", flush=True)
 
 
-def score(name: str, out: Path, data: str, eval_set: str, limit) -> dict:
+def score(name: str, out: Path, data: str, eval_set: str, limit, dev_limit: int = 0) -> dict:
     from lrm.training.curves import read_scalars
 
     model = out / name / "model"
@@ -92,7 +92,8 @@ def score(name: str, out: Path, data: str, eval_set: str, limit) -> dict:
         ev = out / name / "eval"
         if not (ev / "report.md").is_file():
             subprocess.run([sys.executable, "-m", "lrm.evaluate", "--eval-set", eval_set, "--method",
-                            f"lrm:{model}", "--out", str(ev), "--set", "render_resolution=128", "--quiet"],
+                            f"lrm:{model}", "--out", str(ev), "--set", "render_resolution=64", "--quiet",
+                            "--max-objects", str(dev_limit)],
                            check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         row.update(dev_metrics(ev))
     return row
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/shards/default")
     p.add_argument("--eval-set", default="data/eval/dev")
     p.add_argument("--val-limit", type=int, default=None, help="score at most N val objects (default: all)")
+    p.add_argument("--dev-limit", type=int, default=0, help="evaluate the first N dev objects (default 0: all)")
     p.add_argument("--plot", default="docs/images/bench_learning.png")
     p.add_argument("overrides", nargs="*", help="extra overrides for every recipe")
     a = p.parse_args(argv)
@@ -163,10 +165,11 @@ def main(argv=None) -> int:
         return 2
     out = Path(a.out)
     run_all(names, out, a.cpu_minutes, a.parallel, a.threads, a.overrides)
-    rows = [score(n, out, a.data, a.eval_set, a.val_limit) for n in names]
+    rows = [score(n, out, a.data, a.eval_set, a.val_limit, a.dev_limit) for n in names]
     (out / "table.json").write_text(json.dumps(rows, indent=1))
-    print(f"\nLearning efficiency at {a.cpu_minutes:g} CPU-min per recipe (tiny from scratch; val = whole val split "
-          f"x 4 novel views at 64²; dev = data/eval/dev):\n")
+    print(f"\nLearning efficiency at {a.cpu_minutes:g} CPU-min per recipe (tiny from scratch; val = "
+          f"{a.val_limit or 'all'} val objects x 4 novel views at 64²; dev = {a.eval_set}, "
+          f"{a.dev_limit or 'all'} objects, geometry in the canonical frame):\n")
     print("| recipe | steps | samples | CPU min | val PSNR | val mask IoU | dev F@0.02 | dev Chamfer |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
