@@ -127,9 +127,10 @@ class Pipeline:
         c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
         intr = C.intrinsics_from_fov(cam.fov_deg).to(self.device).expand(1, n, 4)
         out = []
+        occupancy = self.model.occupancy_grid(triplane)  # once for all frames: empty-space skipping
         for i in range(n):  # one view at a time keeps memory flat
             rgb = self.model.render(triplane, c2w[:, i:i + 1], intr[:, i:i + 1], o["video_resolution"],
-                                    background=[1.0, 1.0, 1.0])["rgb"][0, 0]
+                                    background=[1.0, 1.0, 1.0], occupancy=occupancy)["rgb"][0, 0]
             out.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
         return out
 

@@ -345,14 +345,18 @@ class ModelAdapter:
         import torch
         import torch.nn.functional as F
 
+        grid = []  # the occupancy grid for empty-space skipping, built on the first call, shared by all views
+
         def render(c2w, intrinsics, resolution):
             res = int(render_resolution or resolution)
             outs = []
             with torch.no_grad():
+                if not grid:
+                    grid.append(self.model.occupancy_grid(triplane))
                 for i in range(len(c2w)):  # one view at a time keeps memory flat
                     c = torch.as_tensor(np.asarray(c2w[i:i + 1]), dtype=torch.float32, device=self.device)[None]
                     k = torch.as_tensor(np.asarray(intrinsics[i:i + 1]), dtype=torch.float32, device=self.device)[None]
-                    o = self.model.render(triplane, c, k, res, background=list(background))
+                    o = self.model.render(triplane, c, k, res, background=list(background), occupancy=grid[0])
                     rgb, a = o["rgb"][0, 0].clamp(0, 1), o["opacity"][0, 0].clamp(0, 1)
                     # back to straight alpha so the harness composites it like every other render
                     bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
