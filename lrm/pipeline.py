@@ -42,7 +42,16 @@ INFER_DEFAULTS = dict(
     video_resolution=96,
     video_elevation=20.0,
     chunk=32768,
+    precision="fp32",  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
 )
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of a ``precision`` option (a no-op for fp32)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -76,8 +85,9 @@ class Pipeline:
         unknown = set(opts) - set(INFER_DEFAULTS)
         if unknown:
             raise InputError(f"unknown pipeline options: {sorted(unknown)}")
+        autocast_for(opts["precision"], self.device)  # validates the option
         self.opts = opts
-        log.info("pipeline on %s (%s)", self.device, "cuda" if self.device.type == "cuda" else "cpu, fp32")
+        log.info("pipeline on %s (%s)", self.device, opts["precision"])
 
     @classmethod
     def from_pretrained(cls, path: Optional[str | os.PathLike] = None, device: Optional[str] = None, **options):
@@ -93,7 +103,9 @@ class Pipeline:
     @torch.no_grad()
     def triplane(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(self.device)
-        return self.model(x, self.input_camera())
+        with autocast_for(self.opts["precision"], self.device):
+            tri = self.model(x, self.input_camera())
+        return tri.float()  # the decoder and the renderer run in fp32
 
     def density_fn(self, triplane):
         return lambda p: self.model.query(triplane, p[None])["density"][0]

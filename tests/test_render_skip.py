@@ -141,7 +141,9 @@ def test_default_checkpoint_view_within_40db_of_dense():
     from lrm.preprocess import preprocess
 
     pipe = Pipeline.from_pretrained(str(CKPT))
-    pre = preprocess(str(ROOT / "examples" / "duck.png"), pipe.opts["input_size"], None, 0.85, (1.0, 1.0, 1.0))
+    o = pipe.opts
+    pre = preprocess(str(ROOT / "examples" / "duck.png"), o["input_size"], None, o["foreground_ratio"],
+                     tuple(o["input_background"]))
     tri = pipe.triplane(pre.image)
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
     K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
