@@ -107,6 +107,7 @@ class RenderConfig:
     occupancy_resolution: int = 64  # cells per side of the occupancy grid over the cube
     occupancy_tolerance: float = 0.1  # skipped optical depth per ray at most about this (sets the density threshold)
     early_stop: float = 1e-4  # transmittance below which a ray stops
+    skip_max_occupancy: float = 0.5  # a grid more occupied than this saves too few queries: dense path instead
 
 
 @dataclass

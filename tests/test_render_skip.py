@@ -72,6 +72,13 @@ def test_ball_same_image_as_dense_with_fewer_queries(kw):
     assert n_fast < 0.5 * n_dense
 
 
+def test_mostly_occupied_grid_falls_back_to_the_dense_path():
+    rend = make_renderer(skip_max_occupancy=0.5)
+    fog = radial_field(lambda r: torch.full_like(r, 0.5))
+    dense, fast, n_dense, n_fast = render_both(rend, fog, *view_rays(12))
+    assert n_fast == n_dense and torch.equal(dense["rgb"], fast["rgb"])
+
+
 def test_empty_field_is_background_and_costs_no_queries():
     rend = make_renderer(background=[0.2, 0.4, 0.6])
     empty = radial_field(lambda r: torch.zeros_like(r))
@@ -95,7 +102,7 @@ def test_thin_shell_is_not_lost():
 
 
 def test_early_termination_stops_behind_an_opaque_surface():
-    rend = make_renderer(n_samples=64, n_importance=0, sampler="midpoint", early_stop=1e-4)
+    rend = make_renderer(n_samples=64, n_importance=0, sampler="midpoint", early_stop=1e-4, skip_max_occupancy=1.0)
     wall = lambda p: (1e3 * (p[..., 0] > 0).float(), torch.ones_like(p))  # noqa: E731 - opaque half-space x > 0
     o = torch.tensor([[[-2.0, 0.0, 0.0]]])
     d = torch.tensor([[[1.0, 0.0, 0.0]]])
@@ -147,8 +154,9 @@ def test_default_checkpoint_view_within_40db_of_dense():
     tri = pipe.triplane(pre.image)
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
     K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
+    pipe.model.renderer.cfg.skip_max_occupancy = 1.0  # skip even in this foggy field (64 % of its cells occupied)
     with torch.no_grad():
-        dense = pipe.model.render(tri, c2w, K, 96, occupancy=False)["rgb"]
-        fast = pipe.model.render(tri, c2w, K, 96, occupancy=pipe.model.occupancy_grid(tri))["rgb"]
+        dense = pipe.model.render(tri, c2w, K, 64, occupancy=False)["rgb"]
+        fast = pipe.model.render(tri, c2w, K, 64, occupancy=pipe.model.occupancy_grid(tri))["rgb"]
     mse = float(((dense - fast) ** 2).mean())
     assert -10 * np.log10(max(mse, 1e-20)) >= 40.0

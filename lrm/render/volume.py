@@ -26,7 +26,8 @@ on by default): with an occupancy grid of the field (lrm/render/occupancy.py; pa
 as ``occupancy=``, else it is built per call when the call is large enough to pay for it) the samples sit
 exactly where the dense path puts them, but only those in occupied cells are queried (others count as empty),
 block by block along the ray, and a ray stops being queried once its transmittance is below
-``render.early_stop``. The image equals the dense path's within the grid's tolerance (tests/test_render.py,
+``render.early_stop``. A grid more occupied than ``render.skip_max_occupancy`` (a foggy field, where skipping
+saves less than its bookkeeping costs) falls back to the dense path. The image equals the dense path's within the grid's tolerance (tests/test_render.py,
 tests/test_render_skip.py); ``occupancy=False`` or ``render.skip_empty=false`` forces the dense path. Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
 runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
 (lrm/render/nerfacc_backend.py) when its extension is available.
@@ -184,15 +185,16 @@ class VolumeRenderer:
     def _skip_grid(self, field, rays_o, randomize, occupancy) -> Optional[OccupancyGrid]:
         if occupancy is False or torch.is_grad_enabled() or (randomize and self.cfg.sampler == "stratified"):
             return None
-        if isinstance(occupancy, OccupancyGrid):
-            return occupancy
-        if not getattr(self.cfg, "skip_empty", False):
-            return None
-        g = int(getattr(self.cfg, "occupancy_resolution", 64)) + 1
-        n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.cfg.n_importance)
-        if n_queries < 4 * g ** 3:  # too small a render to pay for a grid
-            return None
-        return self.occupancy_grid(field, rays_o.shape[0], rays_o.device)
+        if not isinstance(occupancy, OccupancyGrid):
+            if not getattr(self.cfg, "skip_empty", False):
+                return None
+            g = int(getattr(self.cfg, "occupancy_resolution", 64)) + 1
+            n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.cfg.n_importance)
+            if n_queries < 4 * g ** 3:  # too small a render to pay for a grid
+                return None
+            occupancy = self.occupancy_grid(field, rays_o.shape[0], rays_o.device)
+        # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
+        return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
 
     def _deltas(self, t, t_near, t_far):
         if self.cfg.step == "normalized":
@@ -289,46 +291,45 @@ class VolumeRenderer:
 
 
 def query_where(field: Field, rays_o, rays_d, t, mask):
-    """Query ``field`` only at the samples where ``mask`` [B, N, S] is set (one packed call; rows padded to the
-    longest). Returns density [B, N, S] and rgb [B, N, S, 3] in fp32, zero where not queried."""
+    """Query ``field`` only at the samples where ``mask`` [B, N, S] is set, in one packed call (rows padded to
+    the longest when B > 1). Returns ((batch, ray, sample) indices of those samples, density [K], rgb [K, 3]),
+    values in fp32."""
     b, n, s = t.shape
+    if b == 1:
+        ray, sample = mask[0].nonzero(as_tuple=True)
+        pts = rays_o[0, ray] + rays_d[0, ray] * t[0, ray, sample][:, None]
+        d, c = field(pts[None])
+        return (torch.zeros_like(ray), ray, sample), d[0].float(), c[0].float()
     flat = mask.reshape(b, -1)
     counts = flat.sum(1)
-    m = int(counts.max()) if b else 0
-    density = torch.zeros(b, n * s, device=t.device, dtype=torch.float32)
-    rgb = torch.zeros(b, n * s, 3, device=t.device, dtype=torch.float32)
-    if m == 0:
-        return density.view(b, n, s), rgb.view(b, n, s, 3)
+    m = int(counts.max())
     idx = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)[:, :m]  # the selected samples first
+    rows = torch.arange(b, device=t.device)[:, None].expand(-1, m)
     ray, sample = idx // s, idx % s
-    rows = torch.arange(b, device=t.device)[:, None]
-    ts = t[rows, ray, sample]
-    pts = rays_o[rows, ray] + rays_d[rows, ray] * ts[..., None]
+    pts = rays_o[rows, ray] + rays_d[rows, ray] * t[rows, ray, sample][..., None]
     d, c = field(pts)
     keep = torch.arange(m, device=t.device)[None] < counts[:, None]
-    density.scatter_(1, idx, torch.where(keep, d.float(), torch.zeros_like(d, dtype=torch.float32)))
-    rgb.scatter_(1, idx[..., None].expand(-1, -1, 3), c.float() * keep[..., None])
-    return density.view(b, n, s), rgb.view(b, n, s, 3)
+    return (rows[keep], ray[keep], sample[keep]), d[keep].float(), c[keep].float()
 
 
 def march(field: Field, rays_o, rays_d, t, deltas, need, stop: float, density=None, rgb=None, block: int = 0):
     """Query the samples ``need`` [B, N, S] block by block along the rays, skipping the rest of a ray once its
     transmittance before the block is below ``stop``. ``density``/``rgb`` hold values already known (kept where
-    not queried). Returns (density, rgb, queried mask)."""
-    density = torch.zeros_like(t) if density is None else density.clone()
-    rgb = torch.zeros(*t.shape, 3, dtype=t.dtype, device=t.device) if rgb is None else rgb.clone()
+    not queried; updated in place). Returns (density, rgb, queried mask)."""
+    density = torch.zeros_like(t) if density is None else density
+    rgb = torch.zeros(*t.shape, 3, dtype=t.dtype, device=t.device) if rgb is None else rgb
     queried = torch.zeros_like(need)
     s = t.shape[-1]
-    block = block or max(8, s // 4)
+    block = block or max(16, s // 4)
     max_tau = -math.log(stop) if stop > 0 else math.inf
     tau = torch.zeros_like(t[..., 0])
     for s0 in range(0, s, block):
         sl = slice(s0, s0 + block)
         todo = need[..., sl] & (tau <= max_tau)[..., None]
         if bool(todo.any()):
-            d, c = query_where(field, rays_o, rays_d, t[..., sl], todo)
-            density[..., sl] = torch.where(todo, d, density[..., sl])
-            rgb[..., sl, :] = torch.where(todo[..., None], c, rgb[..., sl, :])
+            (bi, ray, sample), d, c = query_where(field, rays_o, rays_d, t[..., sl], todo)
+            density[bi, ray, sample + s0] = d
+            rgb[bi, ray, sample + s0] = c
             queried[..., sl] = todo
         tau = tau + torch.nan_to_num(density[..., sl] * deltas[..., sl]).sum(-1)
     return density, rgb, queried
