@@ -130,7 +130,7 @@ def bench_mesh(pipe, tri, do_512: bool):
 
 
 def forward(model, x, cam, precision):
-    from lrm.pipeline import autocast_for
+    from lrm.precision import autocast_for
 
     with torch.no_grad(), autocast_for(precision, x.device):
         return model(x, cam).float()

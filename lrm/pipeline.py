@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from . import cameras as C
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, to_viewer_frame
+from .precision import autocast_for
 from .preprocess import InputError, preprocess
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,7 @@ INFER_DEFAULTS = dict(
     chunk=32768,
     precision="fp32",  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
 )
-PRECISIONS = ("fp32", "bf16")
 
-
-def autocast_for(precision: str, device: torch.device):
-    """The autocast context of a ``precision`` option (a no-op for fp32)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -85,7 +79,10 @@ class Pipeline:
         unknown = set(opts) - set(INFER_DEFAULTS)
         if unknown:
             raise InputError(f"unknown pipeline options: {sorted(unknown)}")
-        autocast_for(opts["precision"], self.device)  # validates the option
+        try:
+            autocast_for(opts["precision"], self.device)  # validates the option
+        except ValueError as e:
+            raise InputError(str(e)) from None
         self.opts = opts
         log.info("pipeline on %s (%s)", self.device, opts["precision"])
 

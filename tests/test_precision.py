@@ -71,9 +71,8 @@ def test_bf16_pipeline_mesh_matches_fp32_mesh():
     assert surface_fscore(mb, ma) >= 0.99
 
 
-def test_unknown_precision_is_an_input_error():
-    from lrm.pipeline import autocast_for
-    from lrm.preprocess import InputError
+def test_unknown_precision_is_rejected():
+    from lrm.precision import autocast_for
 
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError):
         autocast_for("fp16", torch.device("cpu"))

@@ -325,7 +325,7 @@ class ModelAdapter:
 
         x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None].to(self.device)
         camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
-        from ..pipeline import autocast_for
+        from ..precision import autocast_for
 
         with torch.no_grad(), autocast_for(self.precision, self.device):
             return self.model(x, camv[None].to(self.device)).float()
@@ -425,7 +425,9 @@ class LRMMethod(Method):
                 options["mc_resolution"] = int(p["mc_resolution"])
             if "threshold" in self.explicit:
                 options["mc_threshold"] = float(p["threshold"])
-        self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, precision=p["precision"], **options)
+        if "precision" in self.explicit:
+            options["precision"] = p["precision"]
+        self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
         self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"],
                                     precision=p["precision"])
         self.source = f"checkpoint {self.arg or 'default'}"
