@@ -108,6 +108,28 @@ def composite(density, rgb, deltas, t, background, valid=None) -> Dict[str, torc
     return {"rgb": color, "opacity": opacity, "depth": depth, "weights": weights}
 
 
+def importance_samples(d0, t, t_near, t_far, bg, valid, n: int, randomize: bool,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``n`` hierarchical samples from the coarse densities ``d0`` at ``t`` (world-step weights)."""
+    w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), interval_lengths(t, t_near, t_far),
+                   t, bg, valid)["weights"]
+    # Bins run between consecutive coarse samples; each takes the larger weight of its two end samples (a 2-tap
+    # max filter), so a surface entered between samples k-1 and k is resampled on both sides of sample k.
+    edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
+    wp = torch.nn.functional.pad(w0, (1, 1))
+    return sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), n, randomize, generator)
+
+
+def finish(density, rgb, deltas, t, bg, valid, return_samples: bool) -> Dict[str, torch.Tensor]:
+    """Composite; keep weights and sample positions only when asked for."""
+    out = composite(density, rgb, deltas, t, bg, valid)
+    if not return_samples:
+        out.pop("weights")
+    else:
+        out["t"] = t
+    return out
+
+
 class VolumeRenderer:
     """Config-driven renderer (``RenderConfig``). Stateless; safe to share."""
 
@@ -214,12 +236,8 @@ class VolumeRenderer:
         t = uniform_samples(t_near, t_far, cfg.n_samples, False)
         occupied = self._occupied(grid, rays_o, rays_d, t) & valid[..., None]
         if cfg.n_importance > 0:
-            deltas0 = interval_lengths(t, t_near, t_far)
-            d0, c0, q0 = march(field, rays_o, rays_d, t, deltas0, occupied, stop)
-            w0 = composite(d0, torch.zeros_like(c0), deltas0, t, bg, valid)["weights"]
-            edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
-            wp = torch.nn.functional.pad(w0, (1, 1))
-            t_fine = sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), cfg.n_importance, False)
+            d0, c0, q0 = march(field, rays_o, rays_d, t, interval_lengths(t, t_near, t_far), occupied, stop)
+            t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, False)
             t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
             fine_occ = self._occupied(grid, rays_o, rays_d, t_fine) & valid[..., None]
             # still to query: importance samples, and coarse ones the coarse pass stopped before
@@ -232,12 +250,7 @@ class VolumeRenderer:
         else:
             deltas = self._deltas(t, t_near, t_far)
             density, rgb, _ = march(field, rays_o, rays_d, t, deltas, occupied, stop)
-        out = composite(density, rgb, deltas, t, bg, valid)
-        if not return_samples:
-            out.pop("weights")
-        else:
-            out["t"] = t
-        return out
+        return finish(density, rgb, deltas, t, bg, valid, return_samples)
 
     @staticmethod
     def _occupied(grid: OccupancyGrid, rays_o, rays_d, t):
@@ -253,16 +266,7 @@ class VolumeRenderer:
         if cfg.n_importance > 0:
             with torch.no_grad():
                 d0, c0 = self._query(field, rays_o, rays_d, t)
-                deltas0 = interval_lengths(t, t_near, t_far)
-                w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), deltas0, t,
-                               bg, valid)["weights"]
-                # Bins run between consecutive coarse samples; each takes the larger weight of its two
-                # end samples (a 2-tap max filter), so a surface entered between samples k-1 and k is
-                # resampled on both sides of sample k.
-                edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
-                wp = torch.nn.functional.pad(w0, (1, 1))
-                t_fine = sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), cfg.n_importance, randomize,
-                                    generator)
+                t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, randomize, generator)
             if reuse:
                 d1, c1 = self._query(field, rays_o, rays_d, t_fine)
                 t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
@@ -274,12 +278,7 @@ class VolumeRenderer:
         else:
             density, rgb = self._query(field, rays_o, rays_d, t)
         deltas = self._deltas(t, t_near, t_far)
-        out = composite(density, rgb, deltas, t, bg, valid)
-        if not return_samples:
-            out.pop("weights")
-        else:
-            out["t"] = t
-        return out
+        return finish(density, rgb, deltas, t, bg, valid, return_samples)
 
     @staticmethod
     def _query(field: Field, rays_o, rays_d, t):
