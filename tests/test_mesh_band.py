@@ -63,14 +63,10 @@ def test_any_resolution_uses_the_band_and_keeps_the_grid_points():
 
 @pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_narrow_band_on_the_default_model_gives_the_dense_mesh():
-    from lrm.pipeline import Pipeline
-    from lrm.preprocess import preprocess
+    from _duck import duck_triplane
 
-    pipe = Pipeline.from_pretrained(str(CKPT))
+    pipe, _, tri = duck_triplane()
     o = pipe.opts
-    pre = preprocess(str(ROOT / "examples" / "duck.png"), o["input_size"], None, o["foreground_ratio"],
-                     tuple(o["input_background"]))
-    tri = pipe.triplane(pre.image)
     (v1, f1), (v2, f2), sd, sb = meshes(pipe.density_fn(tri), 128, 4, o["mc_threshold"], o["chunk"])
     assert len(f1) > 1000 and sb["queries"] < 0.4 * sd["queries"]
     assert len(f1) == len(f2) and np.allclose(v1, v2, atol=1e-5)

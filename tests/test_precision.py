@@ -55,15 +55,11 @@ def surface_fscore(mesh, ref, tau=0.01, n=10_000, n_ref=300_000):
 def test_bf16_pipeline_mesh_matches_fp32_mesh():
     """``Pipeline(precision='bf16')``: triplane within 2 % (relative L2) of fp32 and mesh F-score@0.01 vs the fp32
     mesh >= 0.99."""
+    from _duck import duck_triplane
     from lrm.pipeline import Pipeline
-    from lrm.preprocess import preprocess
 
-    fp32 = Pipeline.from_pretrained(str(CKPT))
-    bf16 = Pipeline(fp32.model, fp32.cfg, precision="bf16")
-    o = fp32.opts
-    pre = preprocess(str(ROOT / "examples" / "duck.png"), o["input_size"], None, o["foreground_ratio"],
-                     tuple(o["input_background"]))
-    a, b = fp32.triplane(pre.image), bf16.triplane(pre.image)
+    fp32, image, a = duck_triplane()
+    b = Pipeline(fp32.model, fp32.cfg, precision="bf16").triplane(image)
     assert b.dtype == torch.float32
     assert float((a - b).norm() / a.norm()) < 0.02
     ma, mb = fp32.extract_mesh(a, {}, {}), fp32.extract_mesh(b, {}, {})

@@ -144,14 +144,9 @@ def test_grid_lookup_matches_the_field():
 
 @pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_default_checkpoint_view_within_40db_of_dense():
-    from lrm.pipeline import Pipeline
-    from lrm.preprocess import preprocess
+    from _duck import duck_triplane
 
-    pipe = Pipeline.from_pretrained(str(CKPT))
-    o = pipe.opts
-    pre = preprocess(str(ROOT / "examples" / "duck.png"), o["input_size"], None, o["foreground_ratio"],
-                     tuple(o["input_background"]))
-    tri = pipe.triplane(pre.image)
+    pipe, _, tri = duck_triplane()
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
     K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
     pipe.model.renderer.cfg.skip_max_occupancy = 1.0  # skip even in this foggy field (64 % of its cells occupied)
