@@ -3,7 +3,7 @@
 
     python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
         [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--texture vertex|uv] [--video]
-        [--video-format mp4|gif] [--device cpu|cuda] [--mask mask.png] [--orientation viewer|canonical]
+        [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
 preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
     p.add_argument("--video-frames", type=int, default=None)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="image -> triplane precision (bf16: autocast for encoder + transformer; docs/inference.md)")
     p.add_argument("--mask", default=None, help="foreground mask (white = object) for a single RGB image")
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"],
                    help="viewer: +Y up, input view facing +Z (glTF viewers); canonical: the model's +Z-up frame")
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
                 raise InputError("--mask applies to a single input image")
             load_image(args.mask)
         opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
-                    texture_size=args.texture_size, video_frames=args.video_frames)
+                    texture_size=args.texture_size, video_frames=args.video_frames,
+                    precision=args.precision)
         t = time.perf_counter()
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
         load_s = time.perf_counter() - t

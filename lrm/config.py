@@ -101,6 +101,13 @@ class RenderConfig:
     chunk: int = 8192  # rays per chunk
     backend: str = "auto"  # auto | torch | nerfacc (CUDA only)
     resolution: int = 64
+    # inference only (no autograd, no jitter): skip empty space with a coarse occupancy grid and stop rays whose
+    # transmittance fell below ``early_stop``; same image as the dense path within tolerance (tests/test_render.py)
+    skip_empty: bool = True
+    occupancy_resolution: int = 64  # cells per side of the occupancy grid over the cube
+    occupancy_tolerance: float = 0.1  # skipped optical depth per ray at most about this (sets the density threshold)
+    early_stop: float = 1e-4  # transmittance below which a ray stops
+    skip_max_occupancy: float = 0.5  # a grid more occupied than this saves too few queries: dense path instead
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """Triplane -> mesh: density grid (coarse-to-fine), marching cubes, vertex colours or a baked UV texture.
 
-Density grid: the field is sampled on the (N x N x N) grid of points spanning [-R, R]^3. Instead of all
-N^3 points, ``coarse_factor`` f > 1 first samples every f-th point; a block of f^3 cells is refined (all
-its fine points queried) only when its 8 coarse corners straddle the threshold or lie within ``band`` of it
-(relative), dilated by one block; other blocks are filled by trilinear interpolation of the coarse values,
-which keeps them on the same side of the threshold. On smooth fields this gives the dense grid's mesh
-(tests compare them) for a fraction of the queries; features thinner than a coarse block can be missed,
-so ``coarse_factor=1`` is the exact dense path.
+Density grid (narrow band): the field is sampled on the (N x N x N) grid of points spanning [-R, R]^3.
+Instead of all N^3 points, ``coarse_factor`` f > 1 first samples every f-th point; a block of f^3 cells is
+refined (all its fine points queried) only when its 8 coarse corners straddle the threshold or lie within
+``band`` of it (relative), dilated by one block; other blocks are filled by trilinear interpolation of the
+coarse values, which keeps them on the same side of the threshold. Any N works: when f does not divide
+N - 1 the index grid is extended past the cube to the next multiple (those extra points are queried only on
+the coarse grid and cropped away). On smooth fields this gives the dense grid's mesh (tests compare them on
+analytic fields and the shipped model) for a fraction of the queries; features thinner than a coarse block
+can be missed, so ``coarse_factor=1`` is the exact dense path.
 
 Orientation: meshes are produced in the canonical input-view frame (+Z up, input camera on +X looking at
 the origin). ``to_viewer_frame`` maps it to the glTF/"Y-up" convention of common viewers
@@ -39,14 +41,25 @@ def density_grid(query: Query, resolution: int, radius: float, threshold: float,
                  band: float = 0.5, chunk: int = 32768, device="cpu") -> Tuple[np.ndarray, dict]:
     """Density on the N^3 grid of points spanning [-R, R]^3. Returns (grid, stats)."""
     n, f = int(resolution), int(coarse_factor)
-    if f <= 1 or (n - 1) % f != 0 or (n - 1) // f < 2:
+    if f <= 1 or (n - 1) // f < 2:
         lin = _grid_points(torch.arange(n, device=device), n, radius)
         pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
         return query_chunked(query, pts, chunk).reshape(n, n, n).cpu().numpy(), {"queries": n ** 3, "dense": True}
-    nc = (n - 1) // f + 1
+    nc = -(-(n - 1) // f) + 1  # coarse points per side; the index grid may extend past n - 1
     ci = torch.arange(nc, device=device) * f
     cg = torch.stack(torch.meshgrid(ci, ci, ci, indexing="ij"), -1).reshape(-1, 3)
-    coarse = query_chunked(query, _grid_points(cg, n, radius), chunk).reshape(nc, nc, nc)
+    coarse = query_chunked(query, _grid_points(cg, n, radius), chunk).float().reshape(nc, nc, nc)
+    full, queries, active = _refine_band(query, coarse, n, f, radius, threshold, band, chunk, device)
+    return full.cpu().numpy(), {"queries": nc ** 3 + queries, "dense": False, "active_blocks": active,
+                                "dense_queries": n ** 3}
+
+
+def _refine_band(query: Query, coarse: torch.Tensor, n: int, f: int, radius: float, threshold: float, band: float,
+                 chunk: int, device):
+    """Fine grid [n, n, n] from the coarse grid (every f-th index, possibly past n - 1): blocks near the
+    threshold queried exactly, the rest interpolated. Returns (grid, fine queries, active blocks)."""
+    nc = coarse.shape[0]
+    m = (nc - 1) * f + 1  # extended fine size >= n
     # blocks whose corners straddle the threshold or come close to it
     corners = torch.stack([coarse[i:nc - 1 + i, j:nc - 1 + j, k:nc - 1 + k]
                            for i in (0, 1) for j in (0, 1) for k in (0, 1)], 0)
@@ -54,13 +67,15 @@ def density_grid(query: Query, resolution: int, radius: float, threshold: float,
     active = ((lo <= threshold) & (hi >= threshold)) | ((corners - threshold).abs().amin(0) <= band * abs(threshold))
     active = F.max_pool3d(active[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
     # fill everything by trilinear interpolation of the coarse grid, then overwrite active blocks exactly
-    full = F.interpolate(coarse[None, None], size=(n, n, n), mode="trilinear", align_corners=True)[0, 0]
+    full = F.interpolate(coarse[None, None], size=(m, m, m), mode="trilinear", align_corners=True)[0, 0, :n, :n, :n]
+    full = full.contiguous()
     blocks = active.nonzero()
-    queries = nc ** 3
+    queries = 0
     if len(blocks):
         off = torch.arange(f + 1, device=device)
         local = torch.stack(torch.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)
         idx = (blocks[:, None, :] * f + local[None]).reshape(-1, 3)
+        idx = idx[(idx < n).all(1)]  # points past the cube are not part of the grid
         # de-duplicate the points that neighbouring blocks share through a flat occupancy mask (O(N^3), much
         # faster than a sort-based torch.unique(dim=0))
         taken = torch.zeros(n ** 3, dtype=torch.bool, device=device)
@@ -68,9 +83,9 @@ def density_grid(query: Query, resolution: int, radius: float, threshold: float,
         flat = taken.nonzero().squeeze(1)
         idx = torch.stack([flat // (n * n), (flat // n) % n, flat % n], -1)
         vals = query_chunked(query, _grid_points(idx, n, radius), chunk)
-        full[idx[:, 0], idx[:, 1], idx[:, 2]] = vals
-        queries += idx.shape[0]
-    return full.cpu().numpy(), {"queries": queries, "dense": False, "active_blocks": int(len(blocks))}
+        full[idx[:, 0], idx[:, 1], idx[:, 2]] = vals.to(full.dtype)
+        queries = idx.shape[0]
+    return full, queries, int(len(blocks))
 
 
 def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[np.ndarray, np.ndarray]:

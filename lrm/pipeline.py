@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from . import cameras as C
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, to_viewer_frame
+from .precision import autocast_for
 from .preprocess import InputError, preprocess
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ INFER_DEFAULTS = dict(
     video_resolution=96,
     video_elevation=20.0,
     chunk=32768,
+    precision="fp32",  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
 )
 
 
@@ -78,6 +80,8 @@ USER_OPTIONS = (
            applies="run", default=True),
     Option("video_frames", "int", "turntable frames", "views in the turntable", "--video-frames",
            minimum=1, maximum=96, step=1),
+    Option("precision", "choice", "precision", "bf16 autocast for encoder and transformer (CPUs with bf16)",
+           "--precision", choices=("fp32", "bf16")),
 )
 
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -114,8 +118,12 @@ class Pipeline:
         unknown = set(opts) - set(INFER_DEFAULTS)
         if unknown:
             raise InputError(f"unknown pipeline options: {sorted(unknown)}")
+        try:
+            autocast_for(opts["precision"], self.device)  # validates the option
+        except ValueError as e:
+            raise InputError(str(e)) from None
         self.opts = opts
-        log.info("pipeline on %s (%s)", self.device, "cuda" if self.device.type == "cuda" else "cpu, fp32")
+        log.info("pipeline on %s (%s)", self.device, opts["precision"])
 
     @classmethod
     def from_pretrained(cls, path: Optional[str | os.PathLike] = None, device: Optional[str] = None, **options):
@@ -145,7 +153,9 @@ class Pipeline:
     @torch.no_grad()
     def triplane(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(self.device)
-        return self.model(x, self.input_camera())
+        with autocast_for(self.opts["precision"], self.device):
+            tri = self.model(x, self.input_camera())
+        return tri.float()  # the decoder and the renderer run in fp32
 
     def density_fn(self, triplane):
         return lambda p: self.model.query(triplane, p[None])["density"][0]
@@ -180,11 +190,12 @@ class Pipeline:
         c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
         intr = C.intrinsics_from_fov(cam.fov_deg).to(self.device).expand(1, n, 4)
         out = []
+        occupancy = self.model.occupancy_grid(triplane)  # once for all frames: empty-space skipping
         for i in range(n):  # one view at a time keeps memory flat
             if progress:
                 progress("turntable", i / n)
             rgb = self.model.render(triplane, c2w[:, i:i + 1], intr[:, i:i + 1], o["video_resolution"],
-                                    background=[1.0, 1.0, 1.0])["rgb"][0, 0]
+                                    background=[1.0, 1.0, 1.0], occupancy=occupancy)["rgb"][0, 0]
             out.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
         return out
 

@@ -308,9 +308,11 @@ class ModelAdapter:
     (composited on white) and its real camera go to the model; the triplane's density is sampled on a dense
     grid over [-R, R]^3, marching cubes at ``threshold`` gives the mesh, the decoder gives vertex colours."""
 
-    def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 32768):
+    def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 32768,
+                 precision: str = "fp32"):
         import torch
 
+        self.precision = precision
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mc_resolution, self.threshold, self.chunk = int(mc_resolution), float(threshold), int(chunk)
@@ -323,8 +325,10 @@ class ModelAdapter:
 
         x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None].to(self.device)
         camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
-        with torch.no_grad():
-            return self.model(x, camv[None].to(self.device))
+        from ..precision import autocast_for
+
+        with torch.no_grad(), autocast_for(self.precision, self.device):
+            return self.model(x, camv[None].to(self.device)).float()
 
     def mesh(self, triplane):
         from ..mesh import build_trimesh, density_grid, field_query, marching_cubes
@@ -345,14 +349,18 @@ class ModelAdapter:
         import torch
         import torch.nn.functional as F
 
+        grid = []  # the occupancy grid for empty-space skipping, built on the first call, shared by all views
+
         def render(c2w, intrinsics, resolution):
             res = int(render_resolution or resolution)
             outs = []
             with torch.no_grad():
+                if not grid:
+                    grid.append(self.model.occupancy_grid(triplane))
                 for i in range(len(c2w)):  # one view at a time keeps memory flat
                     c = torch.as_tensor(np.asarray(c2w[i:i + 1]), dtype=torch.float32, device=self.device)[None]
                     k = torch.as_tensor(np.asarray(intrinsics[i:i + 1]), dtype=torch.float32, device=self.device)[None]
-                    o = self.model.render(triplane, c, k, res, background=list(background))
+                    o = self.model.render(triplane, c, k, res, background=list(background), occupancy=grid[0])
                     rgb, a = o["rgb"][0, 0].clamp(0, 1), o["opacity"][0, 0].clamp(0, 1)
                     # back to straight alpha so the harness composites it like every other render
                     bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
@@ -385,10 +393,10 @@ class LRMMethod(Method):
     ``mesher=auto`` (default) extracts the mesh with the pipeline's own ``extract_mesh`` when a checkpoint is loaded
     (so the shipped mesh is what is scored; explicit ``mc_resolution`` / ``threshold`` are passed to it as
     ``mc_resolution`` / ``mc_threshold``) and with :class:`ModelAdapter` otherwise; ``mesher=adapter`` forces the
-    latter."""
+    latter. ``precision=bf16`` runs image -> triplane under bf16 autocast (docs/inference.md)."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
-                "render_resolution": None, "mesher": "auto"}
+                "render_resolution": None, "mesher": "auto", "precision": "fp32"}
 
     def setup(self, ctx):
         import torch
@@ -402,7 +410,8 @@ class LRMMethod(Method):
 
             cfg = load_config(p["config"])
             model = build_model(cfg)
-            self.adapter = ModelAdapter(model, ctx.device, p["mc_resolution"], p["threshold"])
+            self.adapter = ModelAdapter(model, ctx.device, p["mc_resolution"], p["threshold"],
+                                        precision=p["precision"])
             self.source = f"random-weight model from config {p['config']}"
             return
         try:
@@ -416,8 +425,11 @@ class LRMMethod(Method):
                 options["mc_resolution"] = int(p["mc_resolution"])
             if "threshold" in self.explicit:
                 options["mc_threshold"] = float(p["threshold"])
+        if "precision" in self.explicit:
+            options["precision"] = p["precision"]
         self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
-        self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"])
+        self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"],
+                                    precision=p["precision"])
         self.source = f"checkpoint {self.arg or 'default'}"
 
     def predict(self, obj, ctx):

@@ -81,6 +81,11 @@ class LRM(nn.Module):
 
         return fn
 
+    def occupancy_grid(self, triplanes: torch.Tensor):
+        """Occupancy grid of ``triplanes`` for empty-space skipping; build once, pass ``occupancy=`` to each
+        ``render`` of the same triplanes (lrm/render/occupancy.py)."""
+        return self.renderer.occupancy_grid(self.field(triplanes), triplanes.shape[0], triplanes.device)
+
     def render_rays(self, triplanes, rays_o, rays_d, **kw) -> Dict[str, torch.Tensor]:
         """Render rays [B, N, 3] -> rgb [B, N, 3], opacity [B, N], depth [B, N]."""
         return self.renderer(self.field(triplanes), rays_o, rays_d, **kw)

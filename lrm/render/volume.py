@@ -19,18 +19,29 @@ A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [
 
 Without autograd (inference) the coarse samples' values are kept and only the importance samples are
 queried; with autograd every sample is queried again so gradients reach all of them. Both give the same
-image (tested). Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
+image (tested).
+
+Empty-space skipping and early termination (inference only: no autograd and no jitter; ``render.skip_empty``,
+on by default): with an occupancy grid of the field (lrm/render/occupancy.py; pass one built once per triplane
+as ``occupancy=``, else it is built per call when the call is large enough to pay for it) the samples sit
+exactly where the dense path puts them, but only those in occupied cells are queried (others count as empty),
+block by block along the ray, and a ray stops being queried once its transmittance is below
+``render.early_stop``. A grid more occupied than ``render.skip_max_occupancy`` (a foggy field, where skipping
+saves less than its bookkeeping costs) falls back to the dense path. The image equals the dense path's within the grid's tolerance (tests/test_render.py,
+tests/test_render_skip.py); ``occupancy=False`` or ``render.skip_empty=false`` forces the dense path. Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
 runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
 (lrm/render/nerfacc_backend.py) when its extension is available.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from ..cameras import ray_box_intersect
+from .occupancy import OccupancyGrid, build_occupancy, cube_diagonal, density_threshold
 
 log = logging.getLogger(__name__)
 Field = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -97,6 +108,28 @@ def composite(density, rgb, deltas, t, background, valid=None) -> Dict[str, torc
     return {"rgb": color, "opacity": opacity, "depth": depth, "weights": weights}
 
 
+def importance_samples(d0, t, t_near, t_far, bg, valid, n: int, randomize: bool,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``n`` hierarchical samples from the coarse densities ``d0`` at ``t`` (world-step weights)."""
+    w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), interval_lengths(t, t_near, t_far),
+                   t, bg, valid)["weights"]
+    # Bins run between consecutive coarse samples; each takes the larger weight of its two end samples (a 2-tap
+    # max filter), so a surface entered between samples k-1 and k is resampled on both sides of sample k.
+    edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
+    wp = torch.nn.functional.pad(w0, (1, 1))
+    return sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), n, randomize, generator)
+
+
+def finish(density, rgb, deltas, t, bg, valid, return_samples: bool) -> Dict[str, torch.Tensor]:
+    """Composite; keep weights and sample positions only when asked for."""
+    out = composite(density, rgb, deltas, t, bg, valid)
+    if not return_samples:
+        out.pop("weights")
+    else:
+        out["t"] = t
+    return out
+
+
 class VolumeRenderer:
     """Config-driven renderer (``RenderConfig``). Stateless; safe to share."""
 
@@ -130,20 +163,98 @@ class VolumeRenderer:
 
     def __call__(self, field: Field, rays_o: torch.Tensor, rays_d: torch.Tensor, randomize: bool = False,
                  background: Optional[Sequence[float] | torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None, return_samples: bool = False) -> Dict[str, torch.Tensor]:
-        """Render rays [B, N, 3] through ``field``; returns rgb [B, N, 3], opacity [B, N], depth [B, N]."""
+                 generator: Optional[torch.Generator] = None, return_samples: bool = False,
+                 occupancy: Optional[OccupancyGrid | bool] = None) -> Dict[str, torch.Tensor]:
+        """Render rays [B, N, 3] through ``field``; returns rgb [B, N, 3], opacity [B, N], depth [B, N].
+
+        ``occupancy``: an :class:`OccupancyGrid` of this field (from :meth:`occupancy_grid`), ``False`` for the
+        dense path, or ``None`` (default: skip empty space at inference when ``render.skip_empty`` and the call
+        is large enough to pay for building a grid)."""
         bg = self.background(background, rays_o)
         if self._resolve_backend(rays_o.device) == "nerfacc":  # pragma: no cover - CUDA only
             from .nerfacc_backend import render_nerfacc
 
             return render_nerfacc(self.cfg, field, rays_o, rays_d, bg, randomize)
+        grid = self._skip_grid(field, rays_o, randomize, occupancy)
         chunk = max(1, int(self.cfg.chunk))
-        outs = [self.render_chunk(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize, generator,
-                                  return_samples)
-                for i in range(0, rays_o.shape[1], chunk)]
+        if grid is not None:
+            outs = [self.render_chunk_skip(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, grid,
+                                           return_samples)
+                    for i in range(0, rays_o.shape[1], chunk)]
+        else:
+            outs = [self.render_chunk(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize,
+                                      generator, return_samples)
+                    for i in range(0, rays_o.shape[1], chunk)]
         if len(outs) == 1:
             return outs[0]
         return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}
+
+    # ------------------------------------------------------------ empty-space skipping (inference)
+    def path_length(self) -> float:
+        """Largest sum of compositing steps along one ray (sets the occupancy density threshold)."""
+        cfg = self.cfg
+        if cfg.step == "normalized":
+            return (cfg.n_samples + cfg.n_importance) / cfg.n_samples
+        return cube_diagonal(cfg.radius * (1.0 - cfg.box_margin))
+
+    def occupancy_grid(self, field: Field, batch: int = 1, device=None) -> OccupancyGrid:
+        """Occupancy grid of ``field`` (no gradient) to pass as ``occupancy=`` to every view of it."""
+        cfg = self.cfg
+        thr = density_threshold(getattr(cfg, "occupancy_tolerance", 1e-3), self.path_length())
+        return build_occupancy(field, batch, cfg.radius * (1.0 - cfg.box_margin),
+                               int(getattr(cfg, "occupancy_resolution", 64)), thr, device)
+
+    def _skip_grid(self, field, rays_o, randomize, occupancy) -> Optional[OccupancyGrid]:
+        if occupancy is False or torch.is_grad_enabled() or (randomize and self.cfg.sampler == "stratified"):
+            return None
+        if not isinstance(occupancy, OccupancyGrid):
+            if not getattr(self.cfg, "skip_empty", False):
+                return None
+            g = int(getattr(self.cfg, "occupancy_resolution", 64)) + 1
+            n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.cfg.n_importance)
+            if n_queries < 4 * g ** 3:  # too small a render to pay for a grid
+                return None
+            occupancy = self.occupancy_grid(field, rays_o.shape[0], rays_o.device)
+        # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
+        return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
+
+    def _deltas(self, t, t_near, t_far):
+        if self.cfg.step == "normalized":
+            return torch.full_like(t, 1.0 / self.cfg.n_samples)
+        if self.cfg.step == "world":
+            return interval_lengths(t, t_near, t_far)
+        raise ValueError(f"unknown render.step {self.cfg.step!r}")
+
+    @torch.no_grad()
+    def render_chunk_skip(self, field: Field, rays_o, rays_d, bg, grid: OccupancyGrid, return_samples=False):
+        """Inference render of one chunk: the dense path's samples, queried only in occupied cells and while
+        the ray's transmittance is at least ``render.early_stop``."""
+        cfg = self.cfg
+        stop = float(getattr(cfg, "early_stop", 1e-4))
+        t_near, t_far, valid = near_far(rays_o, rays_d, cfg.radius, cfg.box_margin, cfg.min_ray_length)
+        t_far = torch.where(valid, t_far, t_near)
+        t = uniform_samples(t_near, t_far, cfg.n_samples, False)
+        occupied = self._occupied(grid, rays_o, rays_d, t) & valid[..., None]
+        if cfg.n_importance > 0:
+            d0, c0, q0 = march(field, rays_o, rays_d, t, interval_lengths(t, t_near, t_far), occupied, stop)
+            t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, False)
+            t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
+            fine_occ = self._occupied(grid, rays_o, rays_d, t_fine) & valid[..., None]
+            # still to query: importance samples, and coarse ones the coarse pass stopped before
+            todo = torch.cat([occupied & ~q0, fine_occ], -1).gather(-1, order)
+            density = torch.cat([d0, torch.zeros_like(t_fine)], -1).gather(-1, order)
+            rgb = torch.cat([c0, torch.zeros(*t_fine.shape, 3, dtype=c0.dtype, device=c0.device)], -2)
+            rgb = rgb.gather(-2, order[..., None].expand(*order.shape, 3))
+            deltas = self._deltas(t, t_near, t_far)
+            density, rgb, _ = march(field, rays_o, rays_d, t, deltas, todo, stop, density, rgb)
+        else:
+            deltas = self._deltas(t, t_near, t_far)
+            density, rgb, _ = march(field, rays_o, rays_d, t, deltas, occupied, stop)
+        return finish(density, rgb, deltas, t, bg, valid, return_samples)
+
+    @staticmethod
+    def _occupied(grid: OccupancyGrid, rays_o, rays_d, t):
+        return grid.lookup(rays_o[..., None, :] + rays_d[..., None, :] * t[..., None])
 
     def render_chunk(self, field: Field, rays_o, rays_d, bg, randomize=False, generator=None, return_samples=False):
         cfg = self.cfg
@@ -155,16 +266,7 @@ class VolumeRenderer:
         if cfg.n_importance > 0:
             with torch.no_grad():
                 d0, c0 = self._query(field, rays_o, rays_d, t)
-                deltas0 = interval_lengths(t, t_near, t_far)
-                w0 = composite(d0, torch.zeros(*d0.shape, 3, device=d0.device, dtype=d0.dtype), deltas0, t,
-                               bg, valid)["weights"]
-                # Bins run between consecutive coarse samples; each takes the larger weight of its two
-                # end samples (a 2-tap max filter), so a surface entered between samples k-1 and k is
-                # resampled on both sides of sample k.
-                edges = torch.cat([t_near[..., None], t, t_far[..., None]], -1)
-                wp = torch.nn.functional.pad(w0, (1, 1))
-                t_fine = sample_pdf(edges, torch.maximum(wp[..., :-1], wp[..., 1:]), cfg.n_importance, randomize,
-                                    generator)
+                t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, randomize, generator)
             if reuse:
                 d1, c1 = self._query(field, rays_o, rays_d, t_fine)
                 t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
@@ -175,18 +277,8 @@ class VolumeRenderer:
                 density, rgb = self._query(field, rays_o, rays_d, t)
         else:
             density, rgb = self._query(field, rays_o, rays_d, t)
-        if cfg.step == "normalized":
-            deltas = torch.full_like(t, 1.0 / cfg.n_samples)
-        elif cfg.step == "world":
-            deltas = interval_lengths(t, t_near, t_far)
-        else:
-            raise ValueError(f"unknown render.step {cfg.step!r}")
-        out = composite(density, rgb, deltas, t, bg, valid)
-        if not return_samples:
-            out.pop("weights")
-        else:
-            out["t"] = t
-        return out
+        deltas = self._deltas(t, t_near, t_far)
+        return finish(density, rgb, deltas, t, bg, valid, return_samples)
 
     @staticmethod
     def _query(field: Field, rays_o, rays_d, t):
@@ -195,3 +287,48 @@ class VolumeRenderer:
         density, rgb = field(pts.reshape(b, n * s, 3))
         # compositing in fp32 whatever precision the field ran in (bf16 autocast): transmittance is a long product
         return density.float().view(b, n, s), rgb.float().view(b, n, s, 3)
+
+
+def query_where(field: Field, rays_o, rays_d, t, mask):
+    """Query ``field`` only at the samples where ``mask`` [B, N, S] is set, in one packed call (rows padded to
+    the longest when B > 1). Returns ((batch, ray, sample) indices of those samples, density [K], rgb [K, 3]),
+    values in fp32."""
+    b, n, s = t.shape
+    if b == 1:
+        ray, sample = mask[0].nonzero(as_tuple=True)
+        pts = rays_o[0, ray] + rays_d[0, ray] * t[0, ray, sample][:, None]
+        d, c = field(pts[None])
+        return (torch.zeros_like(ray), ray, sample), d[0].float(), c[0].float()
+    flat = mask.reshape(b, -1)
+    counts = flat.sum(1)
+    m = int(counts.max())
+    idx = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)[:, :m]  # the selected samples first
+    rows = torch.arange(b, device=t.device)[:, None].expand(-1, m)
+    ray, sample = idx // s, idx % s
+    pts = rays_o[rows, ray] + rays_d[rows, ray] * t[rows, ray, sample][..., None]
+    d, c = field(pts)
+    keep = torch.arange(m, device=t.device)[None] < counts[:, None]
+    return (rows[keep], ray[keep], sample[keep]), d[keep].float(), c[keep].float()
+
+
+def march(field: Field, rays_o, rays_d, t, deltas, need, stop: float, density=None, rgb=None, block: int = 0):
+    """Query the samples ``need`` [B, N, S] block by block along the rays, skipping the rest of a ray once its
+    transmittance before the block is below ``stop``. ``density``/``rgb`` hold values already known (kept where
+    not queried; updated in place). Returns (density, rgb, queried mask)."""
+    density = torch.zeros_like(t) if density is None else density
+    rgb = torch.zeros(*t.shape, 3, dtype=t.dtype, device=t.device) if rgb is None else rgb
+    queried = torch.zeros_like(need)
+    s = t.shape[-1]
+    block = block or max(16, s // 4)
+    max_tau = -math.log(stop) if stop > 0 else math.inf
+    tau = torch.zeros_like(t[..., 0])
+    for s0 in range(0, s, block):
+        sl = slice(s0, s0 + block)
+        todo = need[..., sl] & (tau <= max_tau)[..., None]
+        if bool(todo.any()):
+            (bi, ray, sample), d, c = query_where(field, rays_o, rays_d, t[..., sl], todo)
+            density[bi, ray, sample + s0] = d
+            rgb[bi, ray, sample + s0] = c
+            queried[..., sl] = todo
+        tau = tau + torch.nan_to_num(density[..., sl] * deltas[..., sl]).sum(-1)
+    return density, rgb, queried

@@ -1,0 +1,209 @@
+"""Inference rendering, mesh extraction and bf16, old vs new side by side in one process (same load).
+
+    python benchmarks/bench_render.py [--image examples/duck.png] [--threads 2] [--skip-triposr] [--skip-512]
+                                      [--rows views,protocol,mesh,precision] [--json out.json]
+
+Default checkpoint, `examples/duck.png` through `lrm.pipeline.Pipeline`. Rows (each: old then new, back to back;
+wall seconds and process CPU seconds, `time.process_time()`, which counts all threads):
+- one 256² novel view: dense renderer (`occupancy=False`) vs empty-space skipping + early termination (the grid
+  built inside the call, as a single view pays for it); PSNR of new vs old;
+- the 24-frame turntable at the pipeline's video resolution: dense per frame vs one grid for all frames;
+- the evaluation protocol's 16 views at 256² (elevations 0° and 30°, azimuths every 45°) for one object;
+- 256³ mesh extraction: dense density grid vs narrow band (+ marching cubes): decoder queries, seconds, and
+  whether the meshes are identical; 512³ narrow band (the dense grid's query count only, not run);
+- image -> triplane fp32 vs bf16 autocast: the default (tiny) model (median of 5) and the TripoSR-size model
+  (`configs/triposr.yaml`, random weights, one forward each), with the triplane's relative error.
+Targets (issue 18): 256² view >= 5x faster than dense; evaluation protocol <= 10 s of rendering per object;
+TripoSR size image -> triplane <= 0.5x TripoSR's fp32 18.0 s (shared/reference-figures.md); 256³ mesh <= 0.1x
+the dense grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def timed(fn):
+    """(result, wall s, CPU s)."""
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else -10 * np.log10(mse)
+
+
+def protocol_cameras(resolution_views=16):
+    from lrm import cameras as C
+
+    az = torch.arange(8) * 45.0
+    el = torch.tensor([0.0, 30.0])
+    a, e = torch.meshgrid(az, el, indexing="ij")
+    c2w = C.orbit_camera(a.reshape(-1), e.reshape(-1), 2.0)
+    return c2w[None], C.intrinsics_from_fov(40.0).expand(1, len(c2w), 4)
+
+
+def render_views(model, tri, c2w, intr, res, occupancy):
+    """Views one at a time (as the evaluation and turntable do); ``occupancy`` False (dense), a grid, or
+    ``"once"`` (one grid built here for all views)."""
+    with torch.no_grad():
+        if occupancy == "once":
+            occupancy = model.occupancy_grid(tri)
+        return torch.cat([model.render(tri, c2w[:, i:i + 1], intr[:, i:i + 1], res, occupancy=occupancy)["rgb"]
+                          for i in range(c2w.shape[1])], 1)
+
+
+def row(name, old, new, target="", extra=""):
+    (_, w0, c0), (_, w1, c1) = old, new
+    return {"what": name, "old_wall": w0, "old_cpu": c0, "new_wall": w1, "new_cpu": c1,
+            "ratio_wall": w0 / max(w1, 1e-9), "ratio_cpu": c0 / max(c1, 1e-9), "target": target, "note": extra}
+
+
+def bench_views(pipe, tri, views=True, protocol=True):
+    from lrm import cameras as C
+
+    model = pipe.model
+    rows = []
+    grid = model.occupancy_grid(tri)
+    print(f"occupancy grid: {grid.fraction():.3f} of cells occupied "
+          f"(skipping used when <= {model.renderer.cfg.skip_max_occupancy})", flush=True)
+    if protocol:
+        pc2w, pintr = protocol_cameras()
+        old = timed(lambda: render_views(model, tri, pc2w, pintr, 256, False))
+        new = timed(lambda: render_views(model, tri, pc2w, pintr, 256, "once"))
+        rows.append(row("evaluation protocol: 16 views at 256²", old, new, "<= 10 s per object",
+                        f"PSNR {psnr(old[0], new[0]):.1f} dB"))
+    if not views:
+        return rows
+    c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
+    intr = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
+    old = timed(lambda: render_views(model, tri, c2w, intr, 256, False))
+    new = timed(lambda: render_views(model, tri, c2w, intr, 256, None))  # auto: grid built in the call
+    rows.append(row("one 256² view (grid built in the call)", old, new, ">= 5x", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
+    n, res = pipe.opts["video_frames"], pipe.opts["video_resolution"]
+    tc2w = C.orbit_cameras(n, pipe.opts["video_elevation"], 2.0)[None]
+    tintr = C.intrinsics_from_fov(40.0).expand(1, n, 4)
+    old = timed(lambda: render_views(model, tri, tc2w, tintr, res, False))
+    new = timed(lambda: render_views(model, tri, tc2w, tintr, res, "once"))
+    rows.append(row(f"turntable {n} frames at {res}²", old, new, "", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
+    return rows
+
+
+def extract(pipe, tri, n, factor):
+    from lrm.mesh import density_grid, marching_cubes
+
+    o, r = pipe.opts, pipe.cfg.model.render.radius
+    grid, stats = density_grid(pipe.density_fn(tri), n, r, o["mc_threshold"], factor, chunk=o["chunk"])
+    v, f = marching_cubes(grid, o["mc_threshold"], r)
+    return v, f, stats
+
+
+def bench_mesh(pipe, tri, do_512: bool):
+    rows = []
+    old = timed(lambda: extract(pipe, tri, 256, 1))
+    new = timed(lambda: extract(pipe, tri, 256, 4))
+    (v0, f0, s0), (v1, f1, s1) = old[0], new[0]
+    same = len(f0) == len(f1) and np.allclose(v0, v1, atol=1e-5)
+    rows.append(row("256³ mesh: dense vs narrow band", old, new, "<= 0.1x dense",
+                    f"queries {s0['queries'] / 1e6:.2f} M vs {s1['queries'] / 1e6:.2f} M "
+                    f"({s1['queries'] / s0['queries']:.3f}x); same mesh: {same} ({len(f1)} faces)"))
+    if do_512:
+        r = timed(lambda: extract(pipe, tri, 512, 4))
+        v, f, s = r[0]
+        rows.append({"what": "512³ mesh: narrow band only", "old_wall": float("nan"), "old_cpu": float("nan"),
+                     "new_wall": r[1], "new_cpu": r[2], "ratio_wall": float("nan"), "ratio_cpu": float("nan"),
+                     "target": "", "note": f"queries {s['queries'] / 1e6:.2f} M vs dense {512 ** 3 / 1e6:.1f} M "
+                                           f"({s['queries'] / 512 ** 3:.3f}x); {len(f)} faces"})
+    return rows
+
+
+def forward(model, x, cam, precision):
+    from lrm.precision import autocast_for
+
+    with torch.no_grad(), autocast_for(precision, x.device):
+        return model(x, cam).float()
+
+
+def bench_precision(model, name, runs):
+    size = int(model.cfg.encoder.image_size)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    cam = model.default_camera(1)
+    times = {"fp32": [], "bf16": []}
+    outs = {}
+    forward(model, x, cam, "fp32")  # warm-up
+    for _ in range(runs):
+        for p in ("fp32", "bf16"):
+            outs[p], w, c = timed(lambda p=p: forward(model, x, cam, p))
+            times[p].append((w, c))
+    med = {p: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v)) for p, v in times.items()}
+    rel = float((outs["bf16"] - outs["fp32"]).norm() / outs["fp32"].norm())
+    return {"what": f"image -> triplane {name}: fp32 vs bf16 ({runs} run{'s' if runs > 1 else ''})",
+            "old_wall": med["fp32"][0], "old_cpu": med["fp32"][1], "new_wall": med["bf16"][0], "new_cpu": med["bf16"][1],
+            "ratio_wall": med["fp32"][0] / med["bf16"][0], "ratio_cpu": med["fp32"][1] / med["bf16"][1],
+            "target": "<= 0.5x of 18.0 s (TripoSR size)" if "TripoSR" in name else "",
+            "note": f"triplane relative error {rel:.4f}, max |diff| {float((outs['bf16'] - outs['fp32']).abs().max()):.3f}"}
+
+
+def triposr_model():
+    from lrm.config import load_config
+    from lrm.models import build_model
+
+    return build_model(load_config("triposr")).eval()
+
+
+def markdown(rows, header):
+    lines = [header, "", "| what | old wall s | old CPU s | new wall s | new CPU s | old/new (wall) | old/new (CPU) "
+             "| target | notes |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['old_wall']:.2f} | {r['old_cpu']:.2f} | {r['new_wall']:.2f} | "
+                     f"{r['new_cpu']:.2f} | {r['ratio_wall']:.2f}x | {r['ratio_cpu']:.2f}x | {r['target']} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default=str(ROOT / "examples" / "duck.png"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-triposr", action="store_true")
+    ap.add_argument("--skip-512", action="store_true")
+    ap.add_argument("--rows", default="views,protocol,mesh,precision",
+                    help="comma-separated subset of: views (256² view, turntable), protocol, mesh, precision")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from lrm.pipeline import Pipeline
+    from lrm.preprocess import preprocess
+
+    pipe = Pipeline.from_pretrained()
+    o = pipe.opts
+    pre = preprocess(a.image, o["input_size"], None, o["foreground_ratio"], tuple(o["input_background"]))
+    tri = pipe.triplane(pre.image)
+    want = set(a.rows.split(","))
+    rows = bench_views(pipe, tri, "views" in want, "protocol" in want)
+    if "mesh" in want:
+        rows += bench_mesh(pipe, tri, not a.skip_512)
+    if "precision" in want:
+        rows.append(bench_precision(pipe.model, "default (tiny)", 5))
+        if not a.skip_triposr:
+            rows.append(bench_precision(triposr_model(), "TripoSR size, random weights", 1))
+    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    print(markdown(rows, f"torch {torch.__version__}, {a.threads} threads, load average at the end {load}; "
+                         f"old = dense renderer / dense grid / fp32, new = skipping / narrow band / bf16"))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Empty-space skipping + early termination (inference) against the dense renderer, on analytic fields and
+on the shipped checkpoint."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lrm import cameras as C
+from lrm.config import RenderConfig
+from lrm.render.occupancy import OccupancyGrid, build_occupancy, cells_from_corners
+from lrm.render.volume import VolumeRenderer
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = ROOT / "checkpoints" / "default"
+
+
+def make_renderer(**kw):
+    return VolumeRenderer(OmegaConf.merge(OmegaConf.structured(RenderConfig), kw))
+
+
+class Counted:
+    """A field that counts the points it is asked for."""
+
+    def __init__(self, fn):
+        self.fn, self.points = fn, 0
+
+    def __call__(self, p):
+        self.points += p.shape[0] * p.shape[1]
+        return self.fn(p)
+
+
+def radial_field(density_of_r, color=(0.9, 0.3, 0.1)):
+    col = torch.tensor(color)
+
+    def field(p):
+        r = p.norm(dim=-1)
+        # colour varies with position so misplaced samples would show
+        return density_of_r(r), (col + 0.1 * p).clamp(0, 1)
+
+    return field
+
+
+def ball(radius=0.35, sigma=40.0):
+    return radial_field(lambda r: sigma * torch.sigmoid((radius - r) * 60.0))
+
+
+def view_rays(res=24, azimuth=30.0, elevation=20.0):
+    o, d = C.get_rays(C.orbit_camera(azimuth, elevation, 2.0), C.intrinsics_from_fov(40.0), res, res)
+    return o[None], d[None]
+
+
+def render_both(rend, field, rays_o, rays_d):
+    """(dense image, skipping image, dense points, skipping points incl. nothing for the grid)."""
+    f_dense, f_skip = Counted(field), Counted(field)
+    with torch.no_grad():
+        grid = rend.occupancy_grid(field)
+        dense = rend(f_dense, rays_o, rays_d, occupancy=False)
+        fast = rend(f_skip, rays_o, rays_d, occupancy=grid)
+    return dense, fast, f_dense.points, f_skip.points
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(step="normalized", sampler="midpoint"), dict(n_importance=0)])
+def test_ball_same_image_as_dense_with_fewer_queries(kw):
+    rend = make_renderer(n_samples=32, n_importance=kw.pop("n_importance", 32), occupancy_tolerance=1e-2, **kw)
+    dense, fast, n_dense, n_fast = render_both(rend, ball(), *view_rays())
+    for k in ("rgb", "opacity"):
+        assert (dense[k] - fast[k]).abs().max() < 1e-3, k
+    hit = dense["opacity"] > 0.5
+    assert torch.allclose(dense["depth"][hit], fast["depth"][hit], atol=2e-3)
+    assert n_fast < 0.5 * n_dense
+
+
+def test_mostly_occupied_grid_falls_back_to_the_dense_path():
+    rend = make_renderer(skip_max_occupancy=0.5)
+    fog = radial_field(lambda r: torch.full_like(r, 0.5))
+    dense, fast, n_dense, n_fast = render_both(rend, fog, *view_rays(12))
+    assert n_fast == n_dense and torch.equal(dense["rgb"], fast["rgb"])
+
+
+def test_empty_field_is_background_and_costs_no_queries():
+    rend = make_renderer(background=[0.2, 0.4, 0.6])
+    empty = radial_field(lambda r: torch.zeros_like(r))
+    dense, fast, n_dense, n_fast = render_both(rend, empty, *view_rays())
+    assert n_fast == 0 and n_dense > 0
+    assert torch.equal(fast["rgb"], torch.tensor([0.2, 0.4, 0.6]).expand_as(fast["rgb"]))
+    assert torch.equal(fast["opacity"], torch.zeros_like(fast["opacity"]))
+
+
+def test_thin_shell_is_not_lost():
+    """A hollow shell 1.2 grid cells thick (0.033 world units) at radius 0.5: found by the grid and
+    rendered like the dense renderer does, including through the hole in its middle."""
+    rend = make_renderer(n_samples=128, n_importance=64, occupancy_resolution=64)
+    cell = 2 * 0.87 / 64
+    shell = radial_field(lambda r: 200.0 * ((r - 0.5).abs() < 0.6 * cell).float())
+    dense, fast, n_dense, n_fast = render_both(rend, shell, *view_rays(32))
+    assert dense["opacity"].mean() > 0.3  # the shell is visible at all
+    assert (dense["rgb"] - fast["rgb"]).abs().max() < 2e-3
+    assert (dense["opacity"] - fast["opacity"]).abs().max() < 2e-3
+    assert n_fast < n_dense
+
+
+def test_early_termination_stops_behind_an_opaque_surface():
+    rend = make_renderer(n_samples=64, n_importance=0, sampler="midpoint", early_stop=1e-4, skip_max_occupancy=1.0)
+    wall = lambda p: (1e3 * (p[..., 0] > 0).float(), torch.ones_like(p))  # noqa: E731 - opaque half-space x > 0
+    o = torch.tensor([[[-2.0, 0.0, 0.0]]])
+    d = torch.tensor([[[1.0, 0.0, 0.0]]])
+    everywhere = OccupancyGrid(torch.ones(1, 8, 8, 8, dtype=torch.bool), 0.87, 0.0)
+    f = Counted(wall)
+    with torch.no_grad():
+        out = rend(f, o, d, occupancy=everywhere)
+    assert out["opacity"].item() == pytest.approx(1.0, abs=1e-6)
+    # the samples up to the surface and one block after it, not the 32 behind it
+    assert f.points <= 32 + 16
+
+
+def test_training_and_jittered_renders_ignore_the_grid():
+    rend = make_renderer(n_samples=16, n_importance=16)
+    field = ball()
+    grid = rend.occupancy_grid(field)
+    rays = view_rays(12)
+    f1, f2 = Counted(field), Counted(field)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = rend(f1, *rays, randomize=True, generator=g1, occupancy=grid)  # autograd on: dense path
+    b = rend(f2, *rays, randomize=True, generator=g2, occupancy=False)
+    assert f1.points == f2.points and torch.equal(a["rgb"], b["rgb"])
+
+
+def test_grid_marks_any_cell_with_an_occupied_corner_and_its_neighbours():
+    above = torch.zeros(1, 9, 9, 9, dtype=torch.bool)
+    above[0, 4, 4, 4] = True  # one corner: the 8 cells around it, dilated by one cell = 4^3 cells
+    cells = cells_from_corners(above)
+    assert cells.shape == (1, 8, 8, 8) and int(cells.sum()) == 4 ** 3
+    assert bool(cells[0, 2:6, 2:6, 2:6].all())
+
+
+def test_grid_lookup_matches_the_field():
+    field = ball(0.3, 50.0)
+    grid = build_occupancy(field, 1, 0.87, 32, 1.0)
+    pts = torch.tensor([[[0.0, 0.0, 0.0], [0.8, 0.8, 0.8], [0.3, 0.0, 0.0], [2.0, 0.0, 0.0]]])
+    assert grid.lookup(pts).tolist() == [[True, False, True, False]]
+
+
+@pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
+def test_default_checkpoint_view_within_40db_of_dense():
+    from _duck import duck_triplane
+
+    pipe, _, tri = duck_triplane()
+    c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
+    K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
+    pipe.model.renderer.cfg.skip_max_occupancy = 1.0  # skip even in this foggy field (64 % of its cells occupied)
+    with torch.no_grad():
+        dense = pipe.model.render(tri, c2w, K, 64, occupancy=False)["rgb"]
+        fast = pipe.model.render(tri, c2w, K, 64, occupancy=pipe.model.occupancy_grid(tri))["rgb"]
+    mse = float(((dense - fast) ** 2).mean())
+    assert -10 * np.log10(max(mse, 1e-20)) >= 40.0
