@@ -396,3 +396,30 @@ def test_normalized_step_never_uses_nerfacc(caplog):
     assert "step=world" in caplog.text
     assert VolumeRenderer(load_config("triposr").model.render)._resolve_backend(torch.device("cuda")) == "torch"
 
+
+def test_converter_never_empties_a_foreign_folder(tmp_path, capsys):
+    """Converting into an existing folder that is not a checkpoint it wrote is refused (one line, exit 2)."""
+    w, c = str(CONF / "tiny_weights.safetensors"), str(CONF / "tiny_config.json")
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "notes.md").write_text("keep")
+    assert tsr.main([w, c, str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert [p.name for p in out.iterdir()] == ["notes.md"]
+    assert tsr.main([w, c, str(out), "--overwrite"]) == 0
+    assert not (out / "notes.md").exists() and (out / "model.safetensors").is_file()
+    assert tsr.main([w, c, str(out)]) == 0  # a checkpoint it wrote: replaced without asking
+
+
+def test_converter_refuses_absurd_sizes_and_binary_configs(tmp_path, capsys):
+    conf = json.loads((CONF / "tiny_config.json").read_text())
+    conf["tsr_config"]["backbone"]["num_layers"] = 1e6
+    (tmp_path / "huge.json").write_text(json.dumps(conf))
+    (tmp_path / "blob.yaml").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "blob.json").write_bytes(bytes(range(256)) * 4)
+    for cfg, what in (("huge.json", "transformer.depth"), ("blob.yaml", "blob.yaml"), ("blob.json", "blob.json")):
+        rc = tsr.main([str(CONF / "tiny_weights.safetensors"), str(tmp_path / cfg), str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and what in err[0], (cfg, err)
+        assert not (tmp_path / "out").exists()
