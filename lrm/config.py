@@ -182,11 +182,16 @@ def check_number(label: str, value, lo, hi, integer: bool = True):
     return int(value) if integer else float(value)
 
 
-def check_model_limits(model_cfg) -> None:
-    for key, (lo, hi) in MODEL_LIMITS.items():
-        value = OmegaConf.select(model_cfg, key, default=None)
+def check_limits(cfg, limits: dict, prefix: str = "", float_keys=()) -> None:
+    """Range-check every ``key: (lo, hi)`` of ``limits`` that ``cfg`` sets (None = unset / default)."""
+    for key, (lo, hi) in limits.items():
+        value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
-            check_number(f"model.{key}", value, lo, hi, integer=key not in _FLOAT_KEYS)
+            check_number(f"{prefix}{key}", value, lo, hi, integer=key not in float_keys)
+
+
+def check_model_limits(model_cfg) -> None:
+    check_limits(model_cfg, MODEL_LIMITS, "model.", _FLOAT_KEYS)
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -188,3 +188,12 @@ def test_weights_are_validated_at_load(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="damaged"):
         load_checkpoint(half)
+
+
+def test_training_size_keys_are_range_checked():
+    from lrm.training.trainer import build_config
+
+    for bad in ("train.batch_size=0", "train.batch_size=1e9", "data.image_size=100000", "train.max_steps=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            build_config("tiny", [bad])
+    build_config("tiny", ["train.batch_size=2"])
