@@ -97,7 +97,8 @@ def process(pipe, image: str, args, out_root: Path) -> Path:
 
 
 def output_name(image: str) -> str:
-    return Path(image).stem or "image"
+    stem = Path(image).stem
+    return stem if stem not in ("", ".", "..") else "image"
 
 
 def check_outputs(images, out_root: Path, overwrite: bool) -> None:
@@ -108,13 +109,13 @@ def check_outputs(images, out_root: Path, overwrite: bool) -> None:
 
     seen = {}
     for image in images:
-        name = output_name(image)
-        if name in seen:
-            raise InputError(f"inputs {seen[name]} and {image} would both write {out_root / name}: "
+        key = output_name(image).casefold()  # X.png and x.png collide on case-insensitive file systems
+        if key in seen:
+            raise InputError(f"inputs {seen[key]} and {image} would both write {out_root / output_name(image)}: "
                              "rename one or run them separately")
-        seen[name] = image
-    for name in seen:
-        check_target(out_root / name, overwrite)
+        seen[key] = image
+    for image in seen.values():
+        check_target(out_root / output_name(image), overwrite)
 
 
 def main(argv=None) -> int:

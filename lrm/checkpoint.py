@@ -2,8 +2,9 @@
 config tree). Training writes them, inference / evaluation read them, importers (``lrm.convert.triposr``)
 produce them.
 
-Writes are atomic (everything goes to a temporary sibling folder that is then renamed into place), loads never
-unpickle anything, and a checkpoint whose weights don't fit its config is refused with one clear message.
+Writes are atomic (everything goes to a temporary sibling folder that is then renamed into place) and never
+replace a folder this program did not write (lrm/outdir.py); loads never unpickle anything, and a checkpoint
+whose weights are truncated, non-float, non-finite or don't fit its config is refused with one clear message.
 The interface (``save_checkpoint(model, cfg, folder, extra)``, ``load_checkpoint(folder, device, overrides)
 -> (model, cfg)``, ``CheckpointError``) is the one infer.py uses.
 """

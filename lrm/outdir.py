@@ -55,13 +55,13 @@ def _marked_names(folder: Path) -> set:
 
 def is_owned(folder: Path, legacy_names: Iterable[str] = ()) -> bool:
     """True when ``folder`` is a real folder whose every entry this program wrote (per its marker), or, for a
-    folder without a marker, whose every entry is one of ``legacy_names``."""
+    folder without a marker, whose every entry is one of ``legacy_names`` (an empty folder holds nothing to lose)."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return False
     allowed = _marked_names(folder) or set(legacy_names)
     entries = _entries(folder)
-    return bool(entries) and entries <= allowed and all((folder / n).is_file() for n in entries)
+    return entries <= allowed and all((folder / n).is_file() and not (folder / n).is_symlink() for n in entries)
 
 
 def check_target(final: Path, overwrite: bool = False, legacy_names: Iterable[str] = ()) -> None:

@@ -197,3 +197,27 @@ def test_training_size_keys_are_range_checked():
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             build_config("tiny", [bad])
     build_config("tiny", ["train.batch_size=2"])
+
+
+def test_ownership_rules(tmp_path):
+    from lrm.outdir import check_target
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert is_owned(empty)  # nothing in it to lose
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mesh.glb").write_text("user's")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for p in (real, link, afile):
+        assert not is_owned(p)
+        with pytest.raises(OutputExistsError):
+            check_target(p)
+    assert is_owned(real, legacy_names={"mesh.glb"})  # e.g. a checkpoint folder written before the marker
+    (real / OWNER_MARKER).write_text('{"files": ["other.txt"]}')
+    assert not is_owned(real)  # the marker does not list mesh.glb
+    (real / OWNER_MARKER).write_text("not json")
+    assert not is_owned(real)

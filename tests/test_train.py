@@ -421,6 +421,10 @@ def test_resume_never_unpickles_planted_payloads(tmp_path):
         with pytest.raises(CheckpointError):
             train(_cfg(), output_dir=str(folder.parent.parent), resume=str(folder))
         assert not ran.exists(), folder
+    # an older-format checkpoint holding plain counters still resumes (read with weights_only=True)
+    torch.save(json.loads((step2 / ckpt.STATE_NAME).read_text()), legacy / ckpt.LEGACY_STATE_NAME)
+    c = train(_cfg("train.ckpt_every=2"), output_dir=str(tmp_path / "c"), resume=str(legacy))
+    assert c["history"][0]["step"] == 3 and c["state"] == a["state"]
 
 
 def test_resume_from_older_checkpoint_starts_a_new_lineage(tmp_path):
