@@ -8,13 +8,14 @@
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
 preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
 to a temporary folder, then renamed); a bad input gives one error line, a non-zero exit, and no files.
+An existing OUT/<name> is replaced only if infer.py wrote it (its .lrm-output.json lists every file in it);
+anything else is refused unless --overwrite is given (docs/guarantees.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--mask", default=None, help="foreground mask (white = object) for a single RGB image")
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"],
                    help="viewer: +Y up, input view facing +Z (glTF viewers); canonical: the model's +Z-up frame")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/<name> even if it is not a folder infer.py wrote")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -61,9 +64,10 @@ def check_output_dir(out: Path):
 def process(pipe, image: str, args, out_root: Path) -> Path:
     from lrm.outputs import require_surface, write_result
 
-    name = Path(image).stem or "image"
-    final = out_root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    from lrm.outdir import make_temp_dir, publish
+
+    final = out_root / output_name(image)
+    tmp = make_temp_dir(final)
     try:
         result = pipe.run(image, mask=args.mask, video=args.video)
         require_surface(result, image)
@@ -75,9 +79,7 @@ def process(pipe, image: str, args, out_root: Path) -> Path:
                 "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
                 "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
         (tmp / "timings.json").write_text(json.dumps(info, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish(tmp, final, overwrite=args.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -86,15 +88,47 @@ def process(pipe, image: str, args, out_root: Path) -> Path:
     return final
 
 
+def output_name(image: str) -> str:
+    stem = Path(image).stem
+    return stem if stem not in ("", ".", "..") else "image"
+
+
+def check_outputs(images, out_root: Path, overwrite: bool) -> None:
+    """Before any work: two inputs must not share an output folder, and no existing OUT/<name> may be one this
+    program did not write (unless ``overwrite``)."""
+    from lrm.outdir import check_target
+    from lrm.preprocess import InputError
+
+    seen = {}
+    for image in images:
+        key = output_name(image).casefold()  # X.png and x.png collide on case-insensitive file systems
+        if key in seen:
+            raise InputError(f"inputs {seen[key]} and {image} would both write {out_root / output_name(image)}: "
+                             "rename one or run them separately")
+        seen[key] = image
+    for image in seen.values():
+        check_target(out_root / output_name(image), overwrite)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from lrm.checkpoint import CheckpointError
-    from lrm.pipeline import Pipeline
-    from lrm.preprocess import InputError
+    from lrm.config import ConfigError
+    from lrm.outdir import OutputExistsError, sweep_stale
+    from lrm.pipeline import Pipeline, check_options
+    from lrm.preprocess import InputError, load_image
 
-    from lrm.preprocess import load_image
-
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    out_root = Path(args.out)
+    opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
+                texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
+    try:
+        check_options(opts)
+        check_outputs(args.images, out_root, args.overwrite)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     failures = 0
     valid = []
     for image in args.images:  # fail fast on unreadable inputs, before loading the model
@@ -107,27 +141,24 @@ def main(argv=None) -> int:
     if not valid:
         return 2
     try:
-        out_root = Path(args.out)
         check_output_dir(out_root)
+        sweep_stale(out_root)
         if args.mask is not None:
             if len(valid) > 1:
                 raise InputError("--mask applies to a single input image")
             load_image(args.mask)
-        opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
-                    texture_size=args.texture_size, video_frames=args.video_frames,
-                    precision=args.precision)
         t = time.perf_counter()
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
         load_s = time.perf_counter() - t
         print(f"loaded {args.checkpoint or 'default checkpoint'} on {pipe.device} in {load_s:.2f}s "
               f"(process start -> ready {time.perf_counter() - T_START:.2f}s)")
-    except (InputError, CheckpointError) as e:
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for image in valid:
         try:
             process(pipe, image, args, out_root)
-        except (InputError, CheckpointError) as e:
+        except errors as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
         except KeyboardInterrupt:

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LRM_SHARED_DIR") or REPO.parent / "shared")
-MANIFEST = SHARED / "conformance" / "triposr" / "full_manifest.json"
+MANIFEST = REPO / "tests" / "data" / "triposr_conformance" / "full_manifest.json"  # vendored (PROVENANCE.md)
 REFERENCE = {"forward_s": 18.0, "render_s": 7.1}
 
 
@@ -173,7 +172,7 @@ def main():
         print(json.dumps(run_one(a.one, work, a.res, a.grid, a.threads)))
         return
     if "triposr" in a.configs.split(",") and not MANIFEST.is_file():
-        sys.exit(f"{MANIFEST} not found (set LRM_SHARED_DIR)")
+        sys.exit(f"{MANIFEST} not found")
     rows = []
     for name in a.configs.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--res", str(a.res), "--grid", str(a.grid),

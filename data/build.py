@@ -186,9 +186,44 @@ def read_progress(out: Path):
     return done
 
 
+def recorded_shards(out: Path) -> set:
+    """Shard names that progress.jsonl mentions."""
+    p = out / "progress.jsonl"
+    names = set()
+    for line in (p.read_text().splitlines() if p.is_file() else []):
+        try:
+            names.add(json.loads(line).get("shard"))
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    return names - {None}
+
+
+def set_aside_orphans(out: Path) -> list:
+    """Shards of ours that no progress record names (a crash of an older version between a shard's rename and
+    its progress records): their objects are rendered again, so a glob over the folder would read them twice.
+    They are renamed to ``<name>.orphan`` (kept, not read)."""
+    if not (out / "progress.jsonl").is_file():
+        return []  # not (yet) a build folder of ours: leave its files alone
+    known = recorded_shards(out)
+    orphans = [p for p in sorted(out.glob("*-r???-?????.tar")) if p.name not in known]
+    for p in orphans:
+        os.replace(p, p.with_name(p.name + ".orphan"))
+        print(f"[build] {p.name}: not in progress.jsonl (interrupted run); set aside as {p.name}.orphan",
+              file=sys.stderr)
+    return orphans
+
+
+def next_run(out: Path) -> int:
+    """A run number no shard file or progress record has used yet."""
+    names = [p.name for p in out.glob("*-r???-*")] + list(recorded_shards(out))
+    runs = [int(n.split("-r")[1][:3]) for n in names if "-r" in n and n.split("-r")[1][:3].isdigit()]
+    return max(runs) + 1 if runs else 0
+
+
 class ShardSet:
-    """One open shard per split; a shard is written as ``.tmp`` and renamed when closed, and only then are
-    its objects appended to progress.jsonl (so a crash never leaves half-recorded objects)."""
+    """One open shard per split; a shard is written as ``.tmp``; when closed its objects are appended to
+    progress.jsonl and only then is it renamed into place. A crash in between leaves records that name a
+    missing shard, which ``read_progress`` ignores (those objects are redone), never an unrecorded shard."""
 
     def __init__(self, out: Path, run: int, maxcount: int):
         self.out, self.run, self.maxcount = out, run, maxcount
@@ -213,10 +248,12 @@ class ShardSet:
     def close(self, split):
         w, name, recs = self.open.pop(split)
         w.close()
-        os.replace(self.out / (name + ".tmp"), self.out / name)
         with open(self.out / "progress.jsonl", "a") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self.out / (name + ".tmp"), self.out / name)
 
     def close_all(self):
         for split in list(self.open):
@@ -266,6 +303,7 @@ def build(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob("*.tar.tmp"):  # shards of an interrupted run: their objects are redone
         tmp.unlink()
+    set_aside_orphans(out)
     settings = dict(RENDER_DEFAULTS, views=args.views, resolution=args.resolution, fov_deg=args.fov,
                     distance=args.distance, elevation_range=tuple(args.elevation), val_orbit=not args.no_val_orbit,
                     normals=args.normals, depth=not args.no_depth, val_fraction=args.val_fraction,
@@ -277,9 +315,7 @@ def build(args) -> dict:
 
     print(f"[build] {len(objs)} objects selected, {len(objs) - len(todo)} already done, {len(todo)} to render "
           f"with {args.workers} workers -> {out}", file=sys.stderr)
-    runs = sorted(int(p.name.split("-r")[1][:3]) for p in out.glob("*-r???-*.tar"))
-    run = (runs[-1] + 1) if runs else 0
-    shards = ShardSet(out, run, args.shard_size)
+    shards = ShardSet(out, next_run(out), args.shard_size)
     tasks = [(o, settings, split_of(o.uid, args.val_fraction)) for o in todo]
     from tqdm import tqdm
 

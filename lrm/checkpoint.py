@@ -2,8 +2,9 @@
 config tree). Training writes them, inference / evaluation read them, importers (``lrm.convert.triposr``)
 produce them.
 
-Writes are atomic (everything goes to a temporary sibling folder that is then renamed into place), loads never
-unpickle anything, and a checkpoint whose weights don't fit its config is refused with one clear message.
+Writes are atomic (everything goes to a temporary sibling folder that is then renamed into place) and never
+replace a folder this program did not write (lrm/outdir.py); loads never unpickle anything, and a checkpoint
+whose weights are truncated, non-float, non-finite or don't fit its config is refused with one clear message.
 The interface (``save_checkpoint(model, cfg, folder, extra)``, ``load_checkpoint(folder, device, overrides)
 -> (model, cfg)``, ``CheckpointError``) is the one infer.py uses.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import load_config
+from .outdir import check_target, make_temp_dir, publish, sweep_stale
 
 #: The checkpoint shipped in the repository.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -36,19 +37,24 @@ def is_checkpoint_dir(path) -> bool:
 
 
 def save_checkpoint(model: torch.nn.Module, cfg: DictConfig, folder: str | os.PathLike,
-                    extra: Optional[dict] = None) -> Path:
+                    extra: Optional[dict] = None, overwrite: bool = False) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` (+ ``extra``: small text files by name) atomically."""
-    return save_state_dict(model.state_dict(), cfg, folder, extra)
+    return save_state_dict(model.state_dict(), cfg, folder, extra, overwrite)
 
 
 def save_state_dict(state_dict: dict, cfg: DictConfig, folder: str | os.PathLike,
-                    extra: Optional[dict] = None) -> Path:
-    """:func:`save_checkpoint` for a bare state dict (e.g. one gathered from a distributed engine)."""
+                    extra: Optional[dict] = None, overwrite: bool = False) -> Path:
+    """:func:`save_checkpoint` for a bare state dict (e.g. one gathered from a distributed engine).
+
+    An existing ``folder`` is replaced only if it is a checkpoint this program wrote (lrm/outdir.py);
+    anything else raises :class:`~lrm.outdir.OutputExistsError` unless ``overwrite``."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    legacy = {WEIGHTS_NAME, CONFIG_NAME, *(extra or {})}
+    check_target(folder, overwrite, legacy)  # before any work
+    sweep_stale(folder.parent)
+    tmp = make_temp_dir(folder)
     try:
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "lrm"})
@@ -56,22 +62,10 @@ def save_state_dict(state_dict: dict, cfg: DictConfig, folder: str | os.PathLike
         (tmp / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
-        for p in tmp.iterdir():
-            os.chmod(p, 0o666 & ~umask)
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return folder
+    return publish(tmp, folder, overwrite, legacy)
 
 
 def read_checkpoint(folder: str | os.PathLike, overrides=()) -> Tuple[DictConfig, dict]:
@@ -89,11 +83,51 @@ def read_checkpoint(folder: str | os.PathLike, overrides=()) -> Tuple[DictConfig
         cfg = load_config(cfg_path, overrides)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint config {cfg_path} is invalid: {e}") from None
+    verify_safetensors(weights)
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001  (SafetensorError, OSError, ...)
         raise CheckpointError(f"checkpoint weights {weights} are unreadable: {e}") from None
     return cfg, state
+
+
+def verify_safetensors(path: str | os.PathLike) -> None:
+    """Check a safetensors file's header and that its size is exactly what the header describes (a truncated
+    or padded file raises :class:`CheckpointError`) without reading the tensors."""
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        raise CheckpointError(f"{path} is damaged: {size} bytes, its header describes {expected} "
+                              "(truncated or partly written)")
+
+
+def check_weights(state: dict, own: dict, source) -> dict:
+    """Stored tensors against the model's own (meta) tensors: integer/bool tensors where the model has floats and
+    non-finite values raise :class:`CheckpointError`; other float precisions are cast to the model's dtype."""
+    wrong = [f"{k} ({state[k].dtype})" for k, t in own.items()
+             if t.is_floating_point() and not state[k].is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"checkpoint {source} has non-float tensors where the model needs floats: "
+                              f"{len(wrong)}, e.g. {wrong[:3]}")
+    bad = [k for k in own if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {source} has non-finite weights (NaN/inf) in {len(bad)} tensors, "
+                              f"e.g. {bad[:3]}")
+    return {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v
+            for k, v in state.items()}
 
 
 def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu", overrides=()):
@@ -118,6 +152,7 @@ def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch
         raise CheckpointError(
             f"checkpoint {folder} does not match its config: {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(bad)} mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
+    state = check_weights(state, own, folder)
     model.load_state_dict(state, strict=True, assign=True)
     _rebuild_nonpersistent_buffers(model)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

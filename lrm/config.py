@@ -156,25 +156,111 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"config not found: {name_or_path} (looked in . and {CONFIG_DIR})")
 
 
+class ConfigError(ValueError):
+    """A config file or value that cannot be used: one clear line, no traceback."""
+
+
+#: Size-like keys of the model section and their allowed ranges (inclusive). Out-of-range values would build
+#: absurd models (minutes of construction, gigabytes of memory) or divide by zero later.
+MODEL_LIMITS = {
+    "encoder.image_size": (8, 4096), "encoder.patch_size": (1, 512), "encoder.dim": (1, 16384),
+    "encoder.depth": (0, 256), "encoder.heads": (1, 512), "encoder.num_register_tokens": (0, 1024),
+    "encoder.pos_grid": (1, 1024), "encoder.mlp_ratio": (0, 64),
+    "transformer.token_dim": (1, 16384), "transformer.heads": (1, 512), "transformer.head_dim": (1, 4096),
+    "transformer.depth": (0, 256), "transformer.plane_tokens": (1, 512), "transformer.mlp_ratio": (0, 64),
+    "transformer.io_groups": (1, 4096), "transformer.camera_embed_dim": (1, 16384),
+    "transformer.lift_samples": (1, 4096),
+    "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64),
+    "decoder.hidden": (1, 16384), "decoder.hidden_layers": (0, 256),
+    "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.chunk": (1, 1 << 24),
+    "render.resolution": (1, 8192),
+}
+_FLOAT_KEYS = {"encoder.mlp_ratio", "transformer.mlp_ratio"}
+
+
+def check_number(label: str, value, lo, hi, integer: bool = True):
+    """``value`` as a number in [lo, hi] (an integer unless ``integer=False``), else :class:`ConfigError`."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer and isinstance(value, float):
+        ok = value.is_integer()
+    if not ok or not (lo <= value <= hi):  # NaN fails the range test
+        raise ConfigError(f"{label} must be {kind} in [{lo}, {hi}], got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_limits(cfg, limits: dict, prefix: str = "", float_keys=()) -> None:
+    """Range-check every ``key: (lo, hi)`` of ``limits`` that ``cfg`` sets (None = unset / default)."""
+    for key, (lo, hi) in limits.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check_number(f"{prefix}{key}", value, lo, hi, integer=key not in float_keys)
+
+
+def check_model_limits(model_cfg) -> None:
+    check_limits(model_cfg, MODEL_LIMITS, "model.", _FLOAT_KEYS)
+
+
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML file (may ``_base_: other.yaml``) <- dotted ``key=value`` overrides."""
+    """Schema defaults <- YAML file (may ``_base_: other.yaml``) <- dotted ``key=value`` overrides.
+    Unreadable files and out-of-range model sizes raise :class:`ConfigError`."""
     cfg = OmegaConf.structured(Config)
     if path is not None:
-        cfg = OmegaConf.merge(cfg, _load_yaml_with_base(resolve_config_path(path)))
+        cfg = merge_configs(cfg, _load_yaml_with_base(resolve_config_path(path)))
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ValueError(f"overrides must look like key=value, got: {bad}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = merge_configs(cfg, OmegaConf.from_dotlist(list(overrides)))
+    check_model_limits(cfg.model)
     return cfg
 
 
+def merge_configs(base, other):
+    """OmegaConf.merge with its multi-line validation errors turned into one :class:`ConfigError` line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {first}") from None
+
+
+def read_yaml(path: str | os.PathLike) -> DictConfig:
+    """A YAML (or JSON) file as a DictConfig; binary or malformed files raise :class:`ConfigError`."""
+    try:
+        raw = OmegaConf.load(path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config file {path} is not a readable text config ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001  yaml.YAMLError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"config file {path} does not hold a mapping of keys")
+    return raw
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; binary or malformed files raise :class:`ConfigError`."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config file {path} is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} does not hold a JSON object")
+    return raw
+
+
 def _load_yaml_with_base(path: Path) -> DictConfig:
-    raw = OmegaConf.load(path)
+    raw = read_yaml(path)
     base = raw.pop("_base_", None)
     if base is None:
         return raw
-    return OmegaConf.merge(_load_yaml_with_base(resolve_config_path(path.parent / base)), raw)
+    return merge_configs(_load_yaml_with_base(resolve_config_path(path.parent / base)), raw)
 
 
 def model_config_from(cfg: DictConfig | dict) -> DictConfig:
@@ -182,7 +268,9 @@ def model_config_from(cfg: DictConfig | dict) -> DictConfig:
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     section = cfg.model if "model" in cfg else cfg
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), section)
+    merged = merge_configs(OmegaConf.structured(ModelConfig), section)
+    check_model_limits(merged)
+    return merged
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from . import cameras as C
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from .config import ConfigError, check_number
 from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, to_viewer_frame
 from .precision import autocast_for
 from .preprocess import InputError, preprocess
@@ -45,6 +46,29 @@ INFER_DEFAULTS = dict(
     chunk=32768,
     precision="fp32",  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
 )
+
+#: Ranges (inclusive) of the numeric options; checked before any work (a 1025^3 grid is already 4 GB).
+INFER_LIMITS = dict(input_size=(32, 2048, True), foreground_ratio=(0.05, 1.0, False), mc_resolution=(8, 513, True),
+                    mc_threshold=(-1e6, 1e6, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
+                    video_frames=(1, 1000, True), video_resolution=(16, 2048, True),
+                    video_elevation=(-90.0, 90.0, False), chunk=(1, 1 << 22, True))
+
+
+def check_options(opts: Dict[str, object], cli: bool = True) -> Dict[str, object]:
+    """Validate pipeline options (``None`` = not given); names are shown as ``--flag`` or ``infer.key``."""
+    out = dict(opts)
+    for key, value in opts.items():
+        label = f"--{key.replace('_', '-')}" if cli else f"infer.{key}"
+        if value is None or key not in INFER_LIMITS:
+            continue
+        lo, hi, integer = INFER_LIMITS[key]
+        try:
+            out[key] = check_number(label, value, lo, hi, integer)
+        except ConfigError as e:
+            raise InputError(str(e)) from None
+    if out.get("texture") not in (None, "vertex", "uv"):
+        raise InputError(f"{'--texture' if cli else 'infer.texture'} must be vertex or uv, got {out['texture']!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -113,8 +137,8 @@ class Pipeline:
         section = cfg.get("infer") or {}
         if not isinstance(section, dict):
             section = OmegaConf.to_container(section, resolve=True)
-        opts.update({k: v for k, v in section.items() if k in opts})
-        opts.update({k: v for k, v in options.items() if v is not None})
+        opts.update(check_options({k: v for k, v in section.items() if k in opts}, cli=False))
+        opts.update(check_options({k: v for k, v in options.items() if v is not None}))
         unknown = set(opts) - set(INFER_DEFAULTS)
         if unknown:
             raise InputError(f"unknown pipeline options: {sorted(unknown)}")

@@ -14,6 +14,9 @@ import numpy as np
 
 MIN_SIDE = 16
 MAX_PIXELS = 8192 * 8192
+#: Larger images are shrunk by an integer factor right after decoding, before any float copy (an 8000^2 RGBA
+#: image is 1 GB as float32; the model sees 256^2 of it).
+WORK_SIDE = 2048
 
 
 class InputError(ValueError):
@@ -29,7 +32,7 @@ class Preprocessed:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Any common image file -> float32 RGBA [H, W, 4] in [0, 1] (grayscale, palette, 16-bit handled)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -48,6 +51,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             if min(w, h) < MIN_SIDE:
                 raise InputError(f"input image is too small ({w}x{h}; at least {MIN_SIDE} px a side): {path}")
             img.load()
+            img = _shrink(ImageOps.exif_transpose(img))
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -57,6 +61,21 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except Image.DecompressionBombError:
         raise InputError(f"input image is too large: {path}") from None
     return _to_rgba_float(img)
+
+
+def _shrink(img):
+    """Reduce by the smallest integer factor that brings the longer side to at most :data:`WORK_SIDE`."""
+    from PIL import Image
+
+    factor = -(-max(img.size) // WORK_SIDE)
+    if factor <= 1:
+        return img
+    size = (-(-img.size[0] // factor), -(-img.size[1] // factor))
+    if img.mode.startswith("I;16"):  # 16-bit: reduce() cannot, a box resize keeps the mode (and its scaling)
+        return img.resize(size, Image.BOX)
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        img = img.convert("RGBA")
+    return img.reduce(factor)
 
 
 def _to_rgba_float(img) -> np.ndarray:

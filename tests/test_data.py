@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -219,6 +220,55 @@ def test_resume_does_not_duplicate(tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
+def test_orphan_shard_from_a_crash_is_set_aside(tmp_path):
+    """A crash between a shard's rename and its progress records (older versions) left a shard no record names;
+    a glob over the folder would read its objects twice once they are redone."""
+    import shutil
+
+    from lrm.data import read_samples
+
+    out = tmp_path / "ds"
+    _build(out, num=4)
+    shard = sorted(out.glob("train-*.tar"))[0]
+    orphan = out / "train-r007-00000.tar"
+    shutil.copy(shard, orphan)  # its objects recorded nowhere under this name
+    lines = (out / "progress.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if json.loads(ln).get("shard") != shard.name]
+    (out / "progress.jsonl").write_text("".join(ln + "\n" for ln in kept))  # ...and the original is unrecorded too
+    man = _build(out, num=4)
+    uids = [s["uid"] for s in read_samples(str(out / "*.tar"), views=[0])]  # a plain glob, no manifest
+    assert len(uids) == len(set(uids)) == 4 == man["counts"]["objects"]
+    assert (out / (orphan.name + ".orphan")).is_file() and (out / (shard.name + ".orphan")).is_file()
+    assert not any(p.name.startswith("train-r007") for p in out.glob("*.tar"))  # a new run number
+
+
+def test_progress_records_precede_the_shard_rename(tmp_path, monkeypatch):
+    """Crash right after the progress records, before the rename: those records name a missing shard, are
+    ignored on restart (objects redone), and their run number is never reused."""
+    import data.build as b
+    from lrm.data import read_samples
+
+    real = os.replace
+    crashed = []
+
+    def crash_on_first_shard(src, dst):
+        if str(src).endswith(".tar.tmp") and not crashed:
+            crashed.append(Path(dst).name)
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    out = tmp_path / "ds"
+    monkeypatch.setattr(b.os, "replace", crash_on_first_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _build(out, num=4)
+    monkeypatch.setattr(b.os, "replace", real)
+    assert crashed[0] in b.recorded_shards(out) and not (out / crashed[0]).exists()
+    man = _build(out, num=4)
+    uids = [s["uid"] for s in read_samples(str(out / "*.tar"), views=[0])]
+    assert len(uids) == len(set(uids)) == 4 == man["counts"]["objects"]
+    assert not (out / crashed[0]).exists()  # its run number was not reused for a different shard
+
+
 def test_broken_meshes_skipped_and_recorded(tmp_path):
     src = tmp_path / "meshes"
     src.mkdir()
@@ -344,6 +394,9 @@ def test_corrupt_and_truncated_shards_are_skipped(shardset, tmp_path, caplog):
     uids = [u for b in dl for u in b["uid"]]
     assert len(uids) >= n_good and len(uids) < 3 * n_good  # good shard complete; broken samples dropped
     assert any("skipping corrupt sample" in r.message for r in caplog.records)
+    named = [r.message for r in caplog.records if "bad.tar" in r.message]
+    assert named and all("key " in m for m in named), caplog.text  # the broken sample's shard and key
+    assert any(str(trunc) in r.message for r in caplog.records)  # a broken tar names its shard
     # a repeating loader over nothing readable fails loudly instead of hanging
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar file at all" * 100)

@@ -234,3 +234,15 @@ def test_injected_mesh_renderer_is_used(evalset, tmp_path):
     assert rec["mask_iou"] == pytest.approx(gt_mask.mean(axis=(1, 2)).mean(), abs=1e-6)
     gt_rgb = M.composite(o.rgba[o.novel_indices])
     assert rec["psnr"] == pytest.approx(np.mean([M.psnr(np.ones_like(g), g) for g in gt_rgb]), abs=1e-6)
+
+
+def test_mesh_with_nan_vertices_is_reported_as_such(evalset, tmp_path):
+    d = tmp_path / "tool"
+    d.mkdir()
+    m = evalset.load("box").gt_mesh.copy()
+    m.vertices[3] = np.nan
+    m.export(str(d / "box.ply"))
+    out = tmp_path / "run"
+    assert main(["--eval-set", str(evalset.root), "--method", f"meshes:{d}", "--out", str(out), "--quiet"]) == 0
+    rec = json.loads(next((out / "objects").glob("*/box.json")).read_text())
+    assert rec["status"] == "failed" and "non-finite vertices" in rec["error"], rec.get("error")

@@ -90,3 +90,39 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     huge_png(p)
     with pytest.raises(InputError, match="too large"):
         load_image(p)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored landscape with EXIF orientation 6 (rotate 90° clockwise to display) loads upright."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (255, 0, 0)  # left half red, right half blue as stored
+    stored[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    img = load_image(tmp_path / "phone.jpg")
+    expected = np.rot90(stored, k=-1) / 255.0  # clockwise: the stored left half becomes the top
+    assert img.shape[:2] == expected.shape[:2] == (64, 32)
+    assert np.abs(img[..., :3] - expected).mean() < 0.05
+    assert img[8, 16, 0] > 0.9 and img[56, 16, 2] > 0.9  # red on top, blue at the bottom
+
+
+def test_large_image_is_shrunk_before_float_conversion(tmp_path):
+    """An 8000x6000 image of allowed size is reduced right after decoding: float arrays stay small."""
+    import tracemalloc
+
+    from lrm.preprocess import WORK_SIDE
+
+    big = Image.new("RGB", (8000, 6000), (255, 255, 255))
+    big.paste((200, 30, 30), (2000, 1500, 6000, 4500))
+    big.save(tmp_path / "big.png", compress_level=1)
+    del big
+    tracemalloc.start()
+    try:
+        img = load_image(tmp_path / "big.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert max(img.shape[:2]) <= WORK_SIDE and img.shape[:2] == (1500, 2000)  # factor 4
+    assert peak < 200e6, f"peak {peak / 1e6:.0f} MB of arrays (full-size float RGBA would be 768 MB)"
+    assert np.allclose(img[750, 1000, :3], np.array([200, 30, 30]) / 255.0, atol=1e-6)

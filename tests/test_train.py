@@ -15,6 +15,7 @@ import torch
 
 from _train_utils import MICRO, PY, ROOT, load_weights, subprocess_env
 
+from lrm.checkpoint import CheckpointError
 from lrm.training import checkpoint as ckpt
 from lrm.training.trainer import build_config, check_world_size, train
 
@@ -234,7 +235,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
         assert torch.equal(w0["weights"][k], w1["weights"][k]), k
     assert w0["uids"] != w1["uids"]  # the ranks saw different objects
     assert ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints").name == "step_3"
-    assert (tmp_path / "ddp" / "checkpoints" / "step_2" / "random_states_1.pkl").is_file()
+    assert (tmp_path / "ddp" / "checkpoints" / "step_2" / "rng_state_1.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ DeepSpeed config
@@ -382,3 +383,99 @@ def test_synthetic_input_background_is_fixed_and_targets_keep_random():
     corner_in, corner_tgt = inp[:, 0, 0], b["target_rgb"][:, 0, 0, 0]  # image corners are background
     assert torch.allclose(corner_in, torch.ones_like(corner_in))
     assert torch.allclose(corner_tgt, b["background"]) and not torch.allclose(b["background"], torch.ones(2, 3))
+
+
+# ------------------------------------------------------------------------------------------ checkpoint safety
+class _Payload:
+    """Unpickling this creates ``path`` (a stand-in for arbitrary code run by a crafted checkpoint)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles_planted_payloads(tmp_path):
+    """The trainer state is JSON; pickles planted where accelerate would put its state are never run."""
+    import shutil
+
+    a = train(_cfg("train.ckpt_every=2"), output_dir=str(tmp_path / "a"))
+    step2 = tmp_path / "a" / "checkpoints" / "step_2"
+    assert (step2 / ckpt.STATE_NAME).is_file() and not list(step2.glob("*.pkl"))
+    ran = tmp_path / "PAYLOAD_RAN"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        torch.save(_Payload(ran), step2 / name)
+    b = train(_cfg("train.ckpt_every=2"), output_dir=str(tmp_path / "b"), resume=str(step2))
+    assert not ran.exists()
+    assert b["state"] == a["state"]
+    for (k, va), vb in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        assert torch.equal(va, vb), k  # still an exact continuation
+    # an older-format checkpoint whose trainer-state pickle holds code, or an optimiser file that does
+    legacy = tmp_path / "legacy" / "checkpoints" / "step_2"
+    shutil.copytree(step2, legacy)
+    (legacy / ckpt.STATE_NAME).unlink()
+    evil_opt = tmp_path / "evil" / "checkpoints" / "step_2"
+    shutil.copytree(step2, evil_opt)
+    torch.save(_Payload(ran), evil_opt / "optimizer.bin")
+    for folder in (legacy, evil_opt):
+        with pytest.raises(CheckpointError):
+            train(_cfg(), output_dir=str(folder.parent.parent), resume=str(folder))
+        assert not ran.exists(), folder
+    # an older-format checkpoint holding plain counters still resumes (read with weights_only=True)
+    torch.save(json.loads((step2 / ckpt.STATE_NAME).read_text()), legacy / ckpt.LEGACY_STATE_NAME)
+    c = train(_cfg("train.ckpt_every=2"), output_dir=str(tmp_path / "c"), resume=str(legacy))
+    assert c["history"][0]["step"] == 3 and c["state"] == a["state"]
+
+
+def test_resume_from_older_checkpoint_starts_a_new_lineage(tmp_path):
+    """--resume step_2 of a run that went on to step_6: the later ones move to abandoned-*/, are never deleted,
+    and latest / pruning only see the new lineage."""
+    out = tmp_path / "run"
+    train(_cfg("train.ckpt_every=2", "train.keep_last=3", steps=6), output_dir=str(out))
+    root = out / "checkpoints"
+    old6 = load_weights(root / "step_6")
+    res = train(_cfg("train.ckpt_every=2", "train.keep_last=2", "seed=1", steps=6), output_dir=str(out),
+                resume=str(root / "step_2"))
+    assert res["history"][0]["step"] == 3
+    assert [p.name for p in ckpt.complete_checkpoints(root)] == ["step_4", "step_6"]
+    abandoned = list(root.glob("abandoned-*"))
+    assert len(abandoned) == 1 and sorted(p.name for p in abandoned[0].iterdir()) == ["step_4", "step_6"]
+    assert all(torch.equal(v, load_weights(abandoned[0] / "step_6")[k]) for k, v in old6.items())
+    new6 = load_weights(root / "step_6")
+    assert any(not torch.equal(v, new6[k]) for k, v in old6.items())  # a different history (other seed)
+    assert ckpt.latest_checkpoint(root).name == "step_6"
+
+
+def test_damaged_newest_checkpoint_falls_back_or_stops(tmp_path, capsys, monkeypatch):
+    from lrm.training import trainer
+
+    out = tmp_path / "run"
+    a = train(_cfg("train.ckpt_every=2"), output_dir=str(out))
+    root = out / "checkpoints"
+    weights = root / "step_4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated under a COMPLETE marker
+    with pytest.raises(CheckpointError, match="damaged"):
+        ckpt.verify_checkpoint(root / "step_4")
+    # named explicitly: one clear line, exit 2
+    argv = ["--config", "tiny", "--output-dir", str(out), "--resume", str(root / "step_4"), *MICRO]
+    assert trainer.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "damaged" in err[-1]
+    # --resume latest: falls back to step_2 and continues exactly
+    assert ckpt.usable_latest(root).name == "step_2"
+    b = train(_cfg("train.ckpt_every=2"), output_dir=str(out), resume="latest")
+    assert b["history"][0]["step"] == 3
+    for (k, va), vb in zip(a["model"].state_dict().items(), b["model"].state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_checkpoint_files_are_flushed_before_the_marker(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_marker = ckpt.fsync_tree, ckpt._write_marker
+    monkeypatch.setattr(ckpt, "fsync_tree", lambda d: (events.append(("fsync", sorted(os.listdir(d)))),
+                                                         real_fsync(d)))
+    monkeypatch.setattr(ckpt, "_write_marker", lambda d: (events.append(("marker",)), real_marker(d)))
+    train(_cfg("train.ckpt_every=0", steps=1), output_dir=str(tmp_path / "r"))
+    assert [e[0] for e in events] == ["fsync", "marker"]
+    assert {"model.safetensors", "optimizer.bin", ckpt.STATE_NAME} <= set(events[0][1])

@@ -33,7 +33,16 @@ def test_deepspeed_zero_engine_steps_on_cpu(tmp_path, stage):
     assert res["changed"] == res["total"] and res["ranks_agree"]
 
 
-OVERFIT = ["data.source=synthetic", "data.image_size=32", "data.num_views_target=3", "data.background=white",
+# Everything the check depends on is pinned here, not inherited from `tiny` (whose 8-px patches and batch 4 made
+# this test run past its 600 s time-out): the model and batch it was written for, and uniform rays (the later
+# default fg_fraction=0.5 undersamples the background, which the full-image PSNR below counts). Measured
+# 2026-12-01 on 2 CPU cores shared with other jobs: 600 steps, 25.15 dB (lift_image=true: 25.03 dB; with
+# fg_fraction=0.5: 23.8 / 23.1 dB); 401 s at load 6 (2640 s at load 11). The bar of 24 dB leaves ~1 dB for
+# platform differences; the untrained model scores 11.2 dB.
+OVERFIT_MODEL = ["model.encoder.patch_size=16", "model.transformer.lift_image=false", "model.render.chunk=8192",
+                 "train.batch_size=1", "train.grad_accum=1", "data.input_background=null",
+                 "train.render.fg_fraction=0"]
+OVERFIT = OVERFIT_MODEL + ["data.source=synthetic", "data.image_size=32", "data.num_views_target=3", "data.background=white",
            "data.synthetic.num_objects=1", "data.synthetic.views_per_object=8", "data.synthetic.fixed_input_view=true",
            "train.render.rays_per_view=256", "train.lr=1e-3", "train.warmup_steps=20", "train.min_lr_ratio=0.05",
            "train.val_every=0", "train.image_every=0", "train.ckpt_every=0", "train.log_every=25",
@@ -69,4 +78,4 @@ def test_overfit_single_object_psnr(tmp_path):
     res = train(cfg, output_dir=str(tmp_path / "overfit"))
     value = training_view_psnr(res["model"], cfg)
     print(f"training-view PSNR after {res['step']} steps: {value:.2f} dB")
-    assert value >= 25.0
+    assert value >= 24.0

@@ -1,14 +1,13 @@
 """TripoSR import: conversion, conformance with the reference implementation's stored tensors, cameras,
 renderer edge cases, corrupted checkpoints and fine-tuning from converted weights.
 
-The conformance vectors live in ``<shared>/conformance/triposr`` where ``<shared>`` is ``$LRM_SHARED_DIR``
-or ``../shared`` beside the repository; tests that need them skip when the folder is absent.
+The conformance vectors are vendored in ``tests/data/triposr_conformance`` (see its PROVENANCE.md), so every
+clone checks them.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,8 @@ from lrm.models import build_model
 from lrm.models.decoder import sample_triplane
 from lrm.render.volume import VolumeRenderer, near_far
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LRM_SHARED_DIR") or REPO.parent / "shared")
-CONF = SHARED / "conformance" / "triposr"
-needs_conf = pytest.mark.skipif(not (CONF / "tiny_io.safetensors").is_file(),
-                                reason=f"TripoSR conformance vectors not found in {CONF} (set LRM_SHARED_DIR)")
+#: Vendored reference vectors (provenance: tests/data/triposr_conformance/PROVENANCE.md); never skipped.
+CONF = Path(__file__).resolve().parent / "data" / "triposr_conformance"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +60,6 @@ def _close(name, got, ref, atol=1e-5, rtol=0.0):
 # --------------------------------------------------------------------------------------------------
 # config + full-size key/shape manifest
 # --------------------------------------------------------------------------------------------------
-@needs_conf
 def test_config_yaml_matches_converter(manifest):
     want = load_config("triposr")
     assert tsr.config_from_triposr(manifest["tsr_config"], manifest["vit_config"]) == want
@@ -72,7 +67,6 @@ def test_config_yaml_matches_converter(manifest):
     assert tsr.config_from_triposr(manifest["tsr_config"]) == want
 
 
-@needs_conf
 def test_full_manifest_converts_key_for_key(manifest):
     cfg = load_config("triposr")
     entries = manifest["state_dict"]
@@ -100,7 +94,6 @@ def test_key_mapping_round_trips():
 # --------------------------------------------------------------------------------------------------
 # conformance: tiny model vs the reference's intermediates (fp32 within 1e-5; fp64 to rounding)
 # --------------------------------------------------------------------------------------------------
-@needs_conf
 @torch.no_grad()
 def test_tiny_intermediates_fp32(tiny, io):
     enc, t = tiny.encoder, tiny.transformer
@@ -135,7 +128,6 @@ def test_tiny_intermediates_fp32(tiny, io):
     _close("query_color", q["rgb"], io["query_color"])
 
 
-@needs_conf
 @torch.no_grad()
 def test_tiny_cameras_and_rays(io):
     rc = json.loads((CONF / "tiny_config.json").read_text())["render_camera"]
@@ -158,7 +150,6 @@ def test_tiny_cameras_and_rays(io):
     assert torch.equal(valid.reshape(io["cam_rays_valid"].shape), io["cam_rays_valid"])
 
 
-@needs_conf
 @torch.no_grad()
 def test_tiny_render_fp32(tiny, io):
     rc = json.loads((CONF / "tiny_config.json").read_text())["render_camera"]
@@ -175,7 +166,6 @@ def test_tiny_render_fp32(tiny, io):
     assert (out2["rgb"] - out["rgb"]).abs().max() < 1e-6
 
 
-@needs_conf
 @torch.no_grad()
 def test_tiny_fp64(tiny_dir, io):
     """In float64 the port equals the reference's float64 run to rounding error (the budget for fp32)."""
@@ -282,7 +272,6 @@ def _convert_expect_error(tmp_path, sd, match):
     assert not (tmp_path / "out").exists()
 
 
-@needs_conf
 def test_corrupted_checkpoints_are_rejected(tmp_path, tiny_sd, capsys):
     sd = dict(tiny_sd)
     sd.pop("backbone.proj_in.bias")
@@ -312,7 +301,6 @@ def test_corrupted_checkpoints_are_rejected(tmp_path, tiny_sd, capsys):
         tsr.convert(CONF / "tiny_weights.safetensors", CONF / "full_manifest.json", tmp_path / "out")
 
 
-@needs_conf
 def test_unknown_config_fields_are_refused(tmp_path, manifest):
     cfg = json.loads(json.dumps(manifest["tsr_config"]))
     cfg["backbone"]["some_new_option"] = 1
@@ -325,7 +313,6 @@ def test_unknown_config_fields_are_refused(tmp_path, manifest):
         tsr.config_from_triposr(cfg)
 
 
-@needs_conf
 def test_ckpt_pickle_and_yaml_config(tmp_path, tiny_sd, tiny):
     """``model.ckpt`` (torch pickle, weights_only) + ``config.yaml`` convert like the safetensors/JSON pair."""
     from omegaconf import OmegaConf
@@ -349,7 +336,6 @@ def test_ckpt_pickle_and_yaml_config(tmp_path, tiny_sd, tiny):
 # --------------------------------------------------------------------------------------------------
 # the converted folder is an ordinary checkpoint: load, fine-tune, save, reload
 # --------------------------------------------------------------------------------------------------
-@needs_conf
 def test_converted_folder_is_a_normal_checkpoint(tiny_dir, tiny):
     from safetensors.torch import load_file
 
@@ -362,7 +348,6 @@ def test_converted_folder_is_a_normal_checkpoint(tiny_dir, tiny):
     assert cfg.model.transformer.camera_modulation is False and cfg.infer.input_background == [0.5, 0.5, 0.5]
 
 
-@needs_conf
 def test_fine_tune_from_converted_weights(tiny_dir, tmp_path, io):
     torch.manual_seed(0)
     model, cfg = load_checkpoint(tiny_dir)
@@ -410,3 +395,31 @@ def test_normalized_step_never_uses_nerfacc(caplog):
         assert r._resolve_backend(torch.device("cuda")) == "torch"
     assert "step=world" in caplog.text
     assert VolumeRenderer(load_config("triposr").model.render)._resolve_backend(torch.device("cuda")) == "torch"
+
+
+def test_converter_never_empties_a_foreign_folder(tmp_path, capsys):
+    """Converting into an existing folder that is not a checkpoint it wrote is refused (one line, exit 2)."""
+    w, c = str(CONF / "tiny_weights.safetensors"), str(CONF / "tiny_config.json")
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "notes.md").write_text("keep")
+    assert tsr.main([w, c, str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert [p.name for p in out.iterdir()] == ["notes.md"]
+    assert tsr.main([w, c, str(out), "--overwrite"]) == 0
+    assert not (out / "notes.md").exists() and (out / "model.safetensors").is_file()
+    assert tsr.main([w, c, str(out)]) == 0  # a checkpoint it wrote: replaced without asking
+
+
+def test_converter_refuses_absurd_sizes_and_binary_configs(tmp_path, capsys):
+    conf = json.loads((CONF / "tiny_config.json").read_text())
+    conf["tsr_config"]["backbone"]["num_layers"] = 1e6
+    (tmp_path / "huge.json").write_text(json.dumps(conf))
+    (tmp_path / "blob.yaml").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "blob.json").write_bytes(bytes(range(256)) * 4)
+    for cfg, what in (("huge.json", "transformer.depth"), ("blob.yaml", "blob.yaml"), ("blob.json", "blob.json")):
+        rc = tsr.main([str(CONF / "tiny_weights.safetensors"), str(tmp_path / cfg), str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and what in err[0], (cfg, err)
+        assert not (tmp_path / "out").exists()

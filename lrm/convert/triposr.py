@@ -27,7 +27,6 @@ CLI: ``python -m lrm.convert.triposr CKPT CONFIG OUT_DIR [--vit-config config.js
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -36,6 +35,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError
+from ..outdir import OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def config_from_triposr(tsr_cfg: dict, vit_cfg: Optional[dict] = None, strict: b
     ``vit_cfg`` may be None when the image tokenizer is a ViT whose config is built in
     (``facebook/dino-vitb16``).
     """
-    from ..config import Config
+    from ..config import Config, merge_configs, check_model_limits
 
     tsr = _plain(tsr_cfg)
     missing = [k for k in ("cond_image_size", "image_tokenizer", "tokenizer", "backbone", "post_processor",
@@ -200,8 +202,7 @@ def config_from_triposr(tsr_cfg: dict, vit_cfg: Optional[dict] = None, strict: b
             "backend": "torch",
         },
     }
-    cfg = OmegaConf.structured(Config)
-    return OmegaConf.merge(cfg, {
+    cfg = merge_configs(OmegaConf.structured(Config), {
         "name": "triposr",
         "model": model,
         "camera": {"distance": TRIPOSR_CAMERA_DISTANCE, "fov_deg": TRIPOSR_FOVY_DEG,
@@ -211,19 +212,20 @@ def config_from_triposr(tsr_cfg: dict, vit_cfg: Optional[dict] = None, strict: b
         "infer": {"input_background": list(TRIPOSR_INPUT_BACKGROUND), "foreground_ratio": TRIPOSR_FOREGROUND_RATIO,
                   "input_size": int(tsr["cond_image_size"])},
     })
+    check_model_limits(cfg.model)  # e.g. num_layers: 1e6 would build a million blocks
+    return cfg
 
 
 def read_triposr_config(path: str | Path, vit_config: Optional[str | Path] = None) -> Tuple[dict, Optional[dict]]:
     """``(tsr_cfg, vit_cfg)`` from TripoSR's ``config.yaml``, or a JSON holding ``tsr_config`` (+ ``vit_config``)
     as in the conformance folder. ``vit_config`` (an HF ``config.json``) overrides the ViT config."""
+    from ..config import read_json, read_yaml
+
     path = Path(path)
-    if path.suffix == ".json":
-        raw = json.loads(path.read_text())
-    else:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = read_json(path) if path.suffix == ".json" else OmegaConf.to_container(read_yaml(path), resolve=True)
     tsr, vit = (raw["tsr_config"], raw.get("vit_config")) if "tsr_config" in raw else (raw, None)
     if vit_config is not None:
-        vit = json.loads(Path(vit_config).read_text())
+        vit = read_json(vit_config)
     return tsr, vit
 
 
@@ -398,10 +400,14 @@ def read_triposr_checkpoint(path: str | Path) -> Dict[str, torch.Tensor]:
 
 
 def convert(ckpt: str | Path, config: str | Path, out_dir: str | Path, vit_config: Optional[str | Path] = None,
-            strict_config: bool = True) -> Path:
-    """Convert a TripoSR checkpoint + config into our checkpoint folder ``out_dir``; returns it."""
-    from ..checkpoint import save_checkpoint
+            strict_config: bool = True, overwrite: bool = False) -> Path:
+    """Convert a TripoSR checkpoint + config into our checkpoint folder ``out_dir``; returns it. An existing
+    ``out_dir`` that is not a checkpoint this program wrote is refused (before any work) unless ``overwrite``."""
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
     from ..models.lrm import LRM
+    from ..outdir import check_target
+
+    check_target(Path(out_dir), overwrite, {WEIGHTS_NAME, CONFIG_NAME, "SOURCE.txt"})
 
     tsr_cfg, vit_cfg = read_triposr_config(config, vit_config)
     cfg = config_from_triposr(tsr_cfg, vit_cfg, strict=strict_config)
@@ -411,7 +417,7 @@ def convert(ckpt: str | Path, config: str | Path, out_dir: str | Path, vit_confi
     model.load_state_dict(state, strict=True, assign=True)  # no copy; checks the keys once more
     note = (f"Converted from the TripoSR checkpoint {Path(ckpt).name} by lrm.convert.triposr.\n"
             "TripoSR: github.com/VAST-AI-Research/TripoSR; its weights are released under the MIT licence.\n")
-    return save_checkpoint(model, cfg, out_dir, extra={"SOURCE.txt": note})
+    return save_checkpoint(model, cfg, out_dir, extra={"SOURCE.txt": note}, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,11 +449,14 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     ap.add_argument("--vit-config", default=None,
                     help="HF config.json of the image tokenizer's ViT (facebook/dino-vitb16 is built in)")
     ap.add_argument("--allow-unknown-config", action="store_true", help="warn instead of failing on unknown config fields")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace out_dir even if it is not a checkpoint folder this program wrote")
     args = ap.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = convert(args.ckpt, args.config, args.out_dir, args.vit_config, strict_config=not args.allow_unknown_config)
-    except (TripoSRConversionError, FileNotFoundError) as e:
+        out = convert(args.ckpt, args.config, args.out_dir, args.vit_config,
+                      strict_config=not args.allow_unknown_config, overwrite=args.overwrite)
+    except (TripoSRConversionError, FileNotFoundError, ConfigError, OutputExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}/model.safetensors and {out}/config.yaml")

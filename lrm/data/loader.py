@@ -45,11 +45,28 @@ class MissingMembersError(ValueError):
     """A sample lacks members a configured loss needs (never skipped: every sample of the set lacks them)."""
 
 
+class SampleError(ValueError):
+    """A sample that cannot be decoded; the message names its shard and key."""
+
+
+def describe(sample: dict) -> str:
+    return f"shard {sample.get('__url__', '?')}, key {sample.get('__key__', '?')}"
+
+
+def sample_error(sample: dict, exn: Exception) -> SampleError:
+    return SampleError(f"{describe(sample)}: {type(exn).__name__}: {str(exn)[:300]}")
+
+
 def warn_and_skip(exn: Exception) -> bool:
-    """webdataset handler: log the problem and continue with the next sample."""
+    """webdataset handler: log the problem (with its shard, and key when known) and continue."""
     if isinstance(exn, MissingMembersError):
         raise exn  # one clear error instead of skipping the whole data set (webdataset ends quietly on False)
-    logger.warning("skipping corrupt sample: %s: %s", type(exn).__name__, str(exn)[:300])
+    if isinstance(exn, SampleError):
+        logger.warning("skipping corrupt sample: %s", exn)
+        return True
+    shard = next((a for a in reversed(exn.args) if isinstance(a, str) and ".tar" in a), "?")
+    logger.warning("skipping corrupt sample in shard %s: %s: %s", shard, type(exn).__name__, str(exn.args[0])[:300]
+                   if exn.args else "")
     return True
 
 
@@ -192,6 +209,12 @@ class _Decoder:
         self.rng = None
 
     def __call__(self, sample: dict) -> dict:
+        try:
+            return self.decode(sample)
+        except Exception as e:  # noqa: BLE001  named, then skipped by warn_and_skip
+            raise sample_error(sample, e) from e
+
+    def decode(self, sample: dict) -> dict:
         if self.rng is None:
             wid, _ = _worker()
             self.rng = np.random.default_rng([self.seed, wid, torch.initial_seed() % 2**31])
@@ -305,4 +328,4 @@ def read_samples(path, split: Optional[str] = None, views: Optional[Sequence[int
         try:
             yield decode_sample(s, views=views, depth=depth, normals=normals)
         except Exception as e:  # noqa: BLE001
-            warn_and_skip(e)
+            warn_and_skip(sample_error(s, e))

@@ -31,7 +31,7 @@ import numpy as np
 from . import metrics as M
 from .align import align_mesh
 from .evalset import EvalObject, EvalSet
-from .methods import Method, MethodError, Prediction, RunContext, make_method, method_defaults
+from .methods import Method, MethodError, Prediction, PredictionError, RunContext, make_method, method_defaults
 from .raster import render_views
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,8 @@ def run_object(method: Method, variant: Variant, obj: EvalObject, ctx: RunContex
             rec["info"] = pred.info
             do_align = opts.align == "on" or (opts.align == "auto" and not method.canonical_frame)
             mesh = pred.mesh
+            if mesh is not None and not np.isfinite(np.asarray(mesh.vertices)).all():
+                raise PredictionError("the predicted mesh has non-finite vertices (NaN/inf)")
             rec["aligned"] = False
             if do_align and mesh is not None and len(mesh.faces):
                 t = time.perf_counter()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..config import check_limits
+
 DATA_DEFAULTS = {
     # "shards": webdataset shards through lrm.data.make_loader; "synthetic": analytic primitives rendered on
     # the fly (lrm/training/synthetic.py), for tests and smoke runs; "auto": shards when data.path holds
@@ -95,6 +97,16 @@ TRAIN_DEFAULTS = {
 }
 
 
+#: Size-like keys of the data / train sections and their allowed ranges (inclusive).
+SIZE_LIMITS = {
+    "data.image_size": (8, 4096), "data.num_views_target": (1, 256), "data.num_workers": (0, 256),
+    "train.max_steps": (0, 10 ** 9), "train.batch_size": (1, 4096), "train.grad_accum": (1, 4096),
+    "train.render.rays_per_view": (0, 1 << 22), "train.render.patch_size": (0, 4096),
+    "train.render.checkpoint_rays": (0, 1 << 22), "train.val_views": (0, 256), "train.val_batch_size": (1, 1024),
+    "train.val_resolution": (8, 4096), "train.keep_last": (0, 10 ** 6), "train.threads": (0, 1024),
+}
+
+
 def apply_defaults(cfg: DictConfig) -> DictConfig:
     """Return a copy of ``cfg`` with the trainer's defaults under its ``data`` and ``train`` sections."""
     cfg = cfg.copy()
@@ -109,4 +121,5 @@ def apply_defaults(cfg: DictConfig) -> DictConfig:
         OmegaConf.set_struct(merged, False)
         with open_dict(cfg):
             cfg[key] = merged
+    check_limits(cfg, SIZE_LIMITS)
     return cfg

@@ -31,11 +31,15 @@ from . import checkpoint as ckpt
 from ..data.batch import check_batch
 from .data import make_source, resolve_source
 from .defaults import apply_defaults
-from ..checkpoint import is_checkpoint_dir as is_model_folder, read_checkpoint, save_state_dict
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, is_checkpoint_dir as is_model_folder, \
+    read_checkpoint, save_state_dict
+from ..config import ConfigError
+from ..outdir import OutputExistsError, check_target
 from .losses import compute_losses, load_lpips, mask_iou, psnr
 from .optim import make_optimizer, make_scheduler
 
 log = logging.getLogger("lrm.train")
+EXPORT_NAMES = {WEIGHTS_NAME, CONFIG_NAME}  # what run_dir/model held before it had an ownership marker
 
 
 # ----------------------------------------------------------------------------------------------- config / CLI
@@ -125,7 +129,7 @@ def make_accelerator(cfg):
 
 # ----------------------------------------------------------------------------------------------- state
 class TrainState:
-    """Counters saved in every checkpoint (accelerate's register_for_checkpointing)."""
+    """Counters saved in every checkpoint (as JSON: lrm/training/checkpoint.py)."""
 
     def __init__(self):
         self.step = 0  # optimiser steps done (applied or skipped)
@@ -364,18 +368,19 @@ def image_grid(batch: Dict, val: Dict) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- main loop
 def resolve_resume(resume: Optional[str], run_dir: Path):
-    """-> (checkpoint folder or None, export folder for init weights or None)."""
+    """-> (checkpoint folder or None, export folder for init weights or None). Checkpoints are verified: a
+    damaged one named explicitly raises CheckpointError; ``latest`` falls back to the newest intact one."""
     if not resume:
         return None, None
     if resume == "latest":
-        return ckpt.latest_checkpoint(run_dir / "checkpoints"), None
+        return ckpt.usable_latest(run_dir / "checkpoints"), None
     p = Path(resume)
     if ckpt.is_checkpoint_dir(p):
-        return p, None
+        return ckpt.verify_checkpoint(p), None
     if is_model_folder(p):
         return None, p
     if (p / "checkpoints").is_dir():
-        found = ckpt.latest_checkpoint(p / "checkpoints")
+        found = ckpt.usable_latest(p / "checkpoints")
         if found is None:
             raise FileNotFoundError(f"--resume {resume}: no complete checkpoint under {p / 'checkpoints'}")
         return found, None
@@ -399,6 +404,10 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     ckpt_root = run_dir / "checkpoints"
 
     resume_dir, init_dir = resolve_resume(resume, run_dir)
+    if is_main:
+        check_target(run_dir / "model", legacy_names=EXPORT_NAMES)  # refuse now, not after training
+        ckpt.start_lineage(ckpt_root, resume_dir)
+    accelerator.wait_for_everyone()
     if init_dir is None and tcfg.init_from:
         init_dir = Path(tcfg.init_from)
         if not is_model_folder(init_dir) and is_model_folder(init_dir / "model"):
@@ -421,9 +430,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
     model, optimizer, scheduler = accelerator.prepare(
         TrainStep(model, int(tcfg.render.checkpoint_rays)), optimizer, scheduler)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        state.load_state_dict(ckpt.load_checkpoint(accelerator, resume_dir))
         log.info("resumed from %s at step %d", resume_dir, state.step)
     elif resume == "latest" and is_main:
         log.info("--resume latest: no checkpoint in %s, starting from scratch", ckpt_root)
@@ -487,7 +495,8 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
         nonlocal last_saved
         if last_saved == step:
             return
-        ckpt.save_checkpoint(accelerator, ckpt_root, step, keep_last=int(tcfg.keep_last))
+        ckpt.save_checkpoint(accelerator, ckpt_root, step, keep_last=int(tcfg.keep_last),
+                             trainer_state=state.state_dict())
         last_saved = step
 
     try:
@@ -613,9 +622,13 @@ def train(cfg: DictConfig, output_dir: Optional[str] = None, resume: Optional[st
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = build_config(args.config, args.overrides, args.max_steps)
-    if args.init_from:
-        with open_dict(cfg):
-            cfg.train.init_from = args.init_from
-    res = train(cfg, output_dir=args.output_dir, resume=args.resume)
+    try:
+        cfg = build_config(args.config, args.overrides, args.max_steps)
+        if args.init_from:
+            with open_dict(cfg):
+                cfg.train.init_from = args.init_from
+        res = train(cfg, output_dir=args.output_dir, resume=args.resume)
+    except (ConfigError, CheckpointError, OutputExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0 if res is not None else 1
