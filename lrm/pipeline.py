@@ -144,8 +144,9 @@ class Pipeline:
 
     @torch.no_grad()
     def triplane(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(self.device)
-        return self.model(x, self.input_camera())
+        """The model on one preprocessed image [S, S, 3], as one view: images [1, 1, 3, S, S], cameras [1, 1, 16]."""
+        x = torch.from_numpy(image).permute(2, 0, 1)[None, None].float().to(self.device)
+        return self.model(x, self.input_camera()[:, None])
 
     def density_fn(self, triplane):
         return lambda p: self.model.query(triplane, p[None])["density"][0]

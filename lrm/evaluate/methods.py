@@ -321,10 +321,10 @@ class ModelAdapter:
 
         from .. import cameras as cam
 
-        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None, None].to(self.device)
         camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
-        with torch.no_grad():
-            return self.model(x, camv[None].to(self.device))
+        with torch.no_grad():  # one view: images [1, 1, 3, S, S], cameras [1, 1, 16]
+            return self.model(x, camv[None, None].to(self.device))
 
     def mesh(self, triplane):
         from ..mesh import build_trimesh, density_grid, field_query, marching_cubes
