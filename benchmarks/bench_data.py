@@ -47,11 +47,13 @@ def bench_step(batch, rays, n_steps):
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B, K, H, W, _ = batch["target_rgb"].shape
-    img = torch.nn.functional.interpolate(batch["input_image"], size=cfg.model.encoder.image_size, mode="bilinear")
+    views = batch["input_images"]
+    img = torch.nn.functional.interpolate(views.flatten(0, 1), size=cfg.model.encoder.image_size,
+                                          mode="bilinear").unflatten(0, views.shape[:2])
     times = []
     for i in range(n_steps + 1):
         t = time.perf_counter()
-        planes = model(img, batch["input_camera"])
+        planes = model(img, batch["input_cameras"])
         o, d = get_rays(batch["target_c2w"], batch["target_intrinsics"], H, W)  # [B,K,HW,3]
         idx = torch.randint(0, H * W, (rays,))
         o, d = o[:, :, idx].reshape(B, -1, 3), d[:, :, idx].reshape(B, -1, 3)

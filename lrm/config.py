@@ -66,6 +66,10 @@ class TransformerConfig:
     # (lrm/models/lift.py): a geometric prior that makes small models learn shapes much sooner.
     lift_image: bool = False
     lift_samples: int = 8  # points per line of sight
+    # Several input views (lrm/models/lrm.py): each view's camera is embedded and added to its own image tokens
+    # (lrm/models/camera_embed.py, ViewEmbedder; zero-initialised). False = a one-view model (V > 1 is refused),
+    # which is what every checkpoint made before the view axis is: its weights have no view embedding.
+    multiview: bool = False
 
 
 @dataclass

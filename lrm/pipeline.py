@@ -176,9 +176,10 @@ class Pipeline:
 
     @torch.no_grad()
     def triplane(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(self.device)
+        """The model on one preprocessed image [S, S, 3], as one view: images [1, 1, 3, S, S], cameras [1, 1, 16]."""
+        x = torch.from_numpy(image).permute(2, 0, 1)[None, None].float().to(self.device)
         with autocast_for(self.opts["precision"], self.device):
-            tri = self.model(x, self.input_camera())
+            tri = self.model(x, self.input_camera()[:, None])
         return tri.float()  # the decoder and the renderer run in fp32
 
     def density_fn(self, triplane):

@@ -309,18 +309,18 @@ def test_loader_batch_contract(shardset):
     B, K, S = 3, 4, 32
     it = iter(make_loader(out, num_views_target=K, image_size=S, batch_size=B, background="random", seed=1))
     b = next(it)
-    assert b["input_image"].shape == (B, 3, S, S)
-    assert b["input_camera"].shape == (B, 16)
+    assert b["input_images"].shape == (B, 1, 3, S, S)
+    assert b["input_cameras"].shape == (B, 1, 16)
     assert b["target_rgb"].shape == (B, K, S, S, 3)
     assert b["target_mask"].shape == (B, K, S, S)
     assert b["target_c2w"].shape == (B, K, 4, 4)
     assert b["target_intrinsics"].shape == (B, K, 4)
     assert b["background"].shape == (B, 3) and len(b["uid"]) == B
-    for t in ("input_image", "target_rgb", "target_mask"):
+    for t in ("input_images", "target_rgb", "target_mask"):
         assert b[t].dtype == torch.float32 and b[t].min() >= 0 and b[t].max() <= 1
     # the input camera is the canonical orbit camera (az 0, el 0) at the rendered distance
     canon = camera_vector(orbit_camera(0.0, 0.0, 2.0), intrinsics_from_fov(40.0))
-    assert torch.allclose(b["input_camera"], canon.expand(B, -1), atol=1e-5)
+    assert torch.allclose(b["input_cameras"], canon.expand(B, 1, -1), atol=1e-5)
     # targets are the stored cameras moved by one rigid transform: find the input view that explains them
     stored = {s["uid"]: s for s in read_samples(out, depth=False)}
     for j, uid in enumerate(b["uid"]):
@@ -339,14 +339,33 @@ def test_loader_batch_contract(shardset):
     # white background and the input-in-targets flag
     b = next(iter(make_loader(out, num_views_target=2, image_size=S, batch_size=2, background="white", input_in_targets=True)))
     assert torch.allclose(b["background"], torch.ones(2, 3))
-    assert torch.allclose(b["target_rgb"][:, 0].permute(0, 3, 1, 2), b["input_image"], atol=1e-6)
+    assert torch.allclose(b["target_rgb"][:, 0].permute(0, 3, 1, 2), b["input_images"][:, 0], atol=1e-6)
     assert torch.allclose(b["target_c2w"][:, 0], orbit_camera(0.0, 0.0, 2.0).expand(2, 4, 4), atol=1e-5)
     # input on its own fixed colour, supervision on the random one: same pixels wherever the object is opaque
     b = next(iter(make_loader(out, num_views_target=2, image_size=S, batch_size=2, background="random",
                               input_in_targets=True, input_background="white", seed=3)))
-    inp, tgt, alpha = b["input_image"].permute(0, 2, 3, 1), b["target_rgb"][:, 0], b["target_mask"][:, 0]
+    inp, tgt, alpha = b["input_images"][:, 0].permute(0, 2, 3, 1), b["target_rgb"][:, 0], b["target_mask"][:, 0]
     assert torch.allclose(inp, tgt + (1 - alpha[..., None]) * (1 - b["background"][:, None, None]), atol=1e-5)
     assert (alpha < 1e-3).any() and not torch.allclose(b["background"], torch.ones(2, 3))
+
+
+def test_loader_several_input_views(shardset):
+    from lrm.cameras import camera_from_vector
+    from lrm.data import make_loader
+    from lrm.data.batch import check_batch
+
+    out, _ = shardset
+    B, V, K, S = 2, 3, 2, 16
+    b = next(iter(make_loader(out, num_views_target=K, image_size=S, batch_size=B, seed=2, num_input_views=V,
+                              background="white")))
+    assert check_batch(b) is None
+    assert b["input_images"].shape == (B, V, 3, S, S) and b["input_cameras"].shape == (B, V, 16)
+    canon = camera_vector(orbit_camera(0.0, 0.0, 2.0), intrinsics_from_fov(40.0))
+    assert torch.allclose(b["input_cameras"][:, 0], canon.expand(B, -1), atol=1e-5)  # view 0 defines the frame
+    # V + K different views of the object: the other input views are neither repeated nor supervised on
+    c2w = torch.cat([camera_from_vector(b["input_cameras"])[0], b["target_c2w"]], 1)
+    apart = (c2w[:, :, None] - c2w[:, None]).abs().amax((-1, -2))
+    assert (apart[:, ~torch.eye(V + K, dtype=torch.bool)] > 1e-3).all()
 
 
 def test_loader_ranks_and_workers_are_disjoint(shardset):

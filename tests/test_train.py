@@ -379,7 +379,7 @@ def test_synthetic_input_background_is_fixed_and_targets_keep_random():
 
     cfg = _cfg("data.background=random", "data.input_background=white", "data.num_views_target=1")
     b = make_source(cfg, "train", batch_size=2).get(0)
-    inp = b["input_image"].permute(0, 2, 3, 1)
+    inp = b["input_images"][:, 0].permute(0, 2, 3, 1)
     corner_in, corner_tgt = inp[:, 0, 0], b["target_rgb"][:, 0, 0, 0]  # image corners are background
     assert torch.allclose(corner_in, torch.ones_like(corner_in))
     assert torch.allclose(corner_tgt, b["background"]) and not torch.allclose(b["background"], torch.ones(2, 3))

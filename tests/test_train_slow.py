@@ -66,7 +66,7 @@ def training_view_psnr(model, cfg):
     c2w, _ = cam.canonicalize(views, ds.distance)
     model.eval()
     with torch.no_grad():
-        tri = model(b["input_image"], b["input_camera"])
+        tri = model(b["input_images"], b["input_cameras"])
         out = model.render(tri, c2w[None], intr[None], resolution=ds.size, randomize=False,
                            background=torch.ones(1, 1, 3))
     return float(psnr(out["rgb"][0].clamp(0, 1), rgb))

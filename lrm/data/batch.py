@@ -2,10 +2,10 @@
 
 Both batch sources produce it — the shard loader (``lrm/data/loader.py``) and the synthetic source
 (``lrm/training/synthetic.py``) — and the trainer consumes it (docs/conventions.md, "Training batch").
-B objects, K supervision views, S×S images, N occupancy points, M surface samples:
+B objects, V input views, K supervision views, S×S images, N occupancy points, M surface samples:
 
-    input_image       [B, 3, S, S]     input view composited on its background
-    input_camera      [B, 16]          camera_vector of the canonical input camera
+    input_images      [B, V, 3, S, S]  input views composited on their background
+    input_cameras     [B, V, 16]       camera_vector of each input camera in the canonical frame (that of view 0)
     target_rgb        [B, K, S, S, 3]  supervision views composited on `background`
     target_mask       [B, K, S, S]     their alpha
     target_c2w        [B, K, 4, 4]     supervision cameras (canonical frame)
@@ -27,7 +27,7 @@ import torch
 
 #: key -> shape pattern (letters are sizes shared across keys of one batch)
 REQUIRED = {
-    "input_image": "B3SS", "input_camera": "B*", "target_rgb": "BKSS3", "target_mask": "BKSS",
+    "input_images": "BV3SS", "input_cameras": "BV*", "target_rgb": "BKSS3", "target_mask": "BKSS",
     "target_c2w": "BK44", "target_intrinsics": "BK4", "background": "B3",
 }
 OPTIONAL = {

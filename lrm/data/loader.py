@@ -8,8 +8,9 @@ canonical frame), ``depth = True`` the supervision views' ray-distance depth.
 ``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
 the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
 
-Per sample: one input view and K supervision views are drawn at random from the object's ``random``
-views (``view_kinds``); with ``input_in_targets=True`` the input view is target 0 and K-1 others follow.
+Per sample: ``num_input_views`` input views (default 1; the first defines the canonical frame) and K supervision
+views are drawn at random from the object's ``random`` views (``view_kinds``); with ``input_in_targets=True`` the
+(first) input view is target 0 and K-1 others follow.
 Cameras are canonicalised with ``lrm.cameras.canonicalize(..., distance=canonical_distance)``; the default
 ``None`` keeps the rendered camera distance, so the transform is a pure rotation about the origin and the
 object stays centred in the triplane cube (the default set is rendered at distance 2.0, the canonical
@@ -28,7 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -201,12 +202,28 @@ def _depth_maps(sample: dict, idx, head: dict, size: int, alpha: torch.Tensor) -
 
 class _Decoder:
     def __init__(self, num_views_target, image_size, background, input_in_targets, view_kinds,
-                 canonical_distance, seed, input_background=None, extras=None):
+                 canonical_distance, seed, input_background=None, extras=None, num_input_views=1):
         self.k, self.size, self.bg, self.input_bg = num_views_target, image_size, background, input_background
+        self.v = int(num_input_views)
         self.input_in_targets, self.view_kinds = input_in_targets, tuple(view_kinds)
         self.distance, self.seed = canonical_distance, seed
         self.extras = dict(extras or {})
         self.rng = None
+
+    def _draw(self, pool, n: int) -> List[int]:
+        """``n`` views from ``pool``, without replacement when there are enough."""
+        return [int(i) for i in self.rng.choice(pool, n, replace=len(pool) < n)] if n > 0 else []
+
+    def _pick_views(self, kinds) -> Tuple[List[int], List[int]]:
+        """(input views, the first defining the canonical frame; supervision views) of one sample."""
+        cand = [i for i, k in enumerate(kinds) if k in self.view_kinds] or list(range(len(kinds)))
+        inp = int(self.rng.choice(cand))
+        others = [i for i in cand if i != inp] or [inp]
+        inputs = [inp] + self._draw(others, self.v - 1)
+        pool = [i for i in others if i not in inputs] or others  # supervise on views the model was not given
+        if self.input_in_targets:
+            return inputs, [inp] + self._draw(pool, self.k - 1)
+        return inputs, self._draw(pool, self.k)
 
     def __call__(self, sample: dict) -> dict:
         try:
@@ -219,17 +236,9 @@ class _Decoder:
             wid, _ = _worker()
             self.rng = np.random.default_rng([self.seed, wid, torch.initial_seed() % 2**31])
         head = decode_header(sample)
-        kinds = head["record"].get("view_kind") or ["random"] * len(head["c2w"])
-        cand = [i for i, k in enumerate(kinds) if k in self.view_kinds] or list(range(len(kinds)))
-        inp = int(self.rng.choice(cand))
-        if self.input_in_targets:
-            others = [i for i in cand if i != inp] or [inp]
-            rest = self.rng.choice(others, self.k - 1, replace=len(others) < self.k - 1) if self.k > 1 else []
-            targets = [inp] + [int(i) for i in rest]
-        else:
-            others = [i for i in cand if i != inp] or [inp]
-            targets = [int(i) for i in self.rng.choice(others, self.k, replace=len(others) < self.k)]
-        idx = [inp] + targets
+        inputs, targets = self._pick_views(head["record"].get("view_kind") or ["random"] * len(head["c2w"]))
+        v = len(inputs)
+        idx = inputs + targets
         rgba = np.stack([decode_png(sample[f"{i:03d}.png"]) for i in idx])
         rgba = torch.from_numpy(rgba).float() / 255.0
         color = random_color_transform(self.rng, float(self.extras.get("color_jitter", 0.0)))
@@ -238,9 +247,9 @@ class _Decoder:
         pm = resize_rgba(rgba, self.size)
         bg = torch.from_numpy(_background(self.bg, self.rng))
         rgb = pm[..., :3] + (1 - pm[..., 3:]) * bg
-        if self.input_bg is not None:  # the input view on its own fixed colour (as inference composites it)
+        if self.input_bg is not None:  # the input views on their own fixed colour (as inference composites them)
             ibg = torch.from_numpy(_background(self.input_bg, self.rng))
-            rgb[0] = pm[0, ..., :3] + (1 - pm[0, ..., 3:]) * ibg
+            rgb[:v] = pm[:v, ..., :3] + (1 - pm[:v, ..., 3:]) * ibg
         c2w = torch.from_numpy(head["c2w"][idx])
         K = torch.from_numpy(head["intrinsics"][idx])
         c2w_c, M = canonicalize(c2w, distance=self.distance)
@@ -249,14 +258,14 @@ class _Decoder:
         if n_pts > 0 or n_surf > 0:
             extra.update(_sample_points(sample, M, n_pts, n_surf, self.rng, color))
         if self.extras.get("depth"):
-            extra["target_depth"] = _depth_maps(sample, targets, head, self.size, rgba[1:, ..., 3]).contiguous()
+            extra["target_depth"] = _depth_maps(sample, targets, head, self.size, rgba[v:, ..., 3]).contiguous()
         return {**extra,
-            "input_image": rgb[0].permute(2, 0, 1).contiguous(),
-            "input_camera": camera_vector(c2w_c[0], K[0]),
-            "target_rgb": rgb[1:].contiguous(),
-            "target_mask": pm[1:, ..., 3].contiguous(),
-            "target_c2w": c2w_c[1:].contiguous(),
-            "target_intrinsics": K[1:].contiguous(),
+            "input_images": rgb[:v].permute(0, 3, 1, 2).contiguous(),
+            "input_cameras": camera_vector(c2w_c[:v], K[:v]),
+            "target_rgb": rgb[v:].contiguous(),
+            "target_mask": pm[v:, ..., 3].contiguous(),
+            "target_c2w": c2w_c[v:].contiguous(),
+            "target_intrinsics": K[v:].contiguous(),
             "background": bg,
             "uid": head["uid"],
         }
@@ -293,11 +302,12 @@ def make_loader(
     drop_last: Optional[bool] = None,
     input_background=None,
     extras: Optional[dict] = None,
+    num_input_views: int = 1,
 ):
     """Iterable of training batches (see module docstring). ``path_or_shards``: dataset folder (uses its
     ``manifest.json`` and ``split``), a glob, a brace pattern, one ``.tar`` or a list of shard files.
     With ``repeat=True`` it never ends (epochs reshuffle shards); otherwise one pass, last batch partial
-    unless ``drop_last``."""
+    unless ``drop_last``. ``num_input_views`` input views per object, the first defining the canonical frame."""
     import webdataset as wds
 
     urls = list_shards(path_or_shards, split)
@@ -308,7 +318,7 @@ def make_loader(
     if shuffle and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=max(1, shuffle_buffer // 4), seed=None))
     dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed,
-                   input_background, extras)
+                   input_background, extras, num_input_views)
     stages.append(wds.map(dec, handler=warn_and_skip))
     partial = not (repeat if drop_last is None else drop_last)
     stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))

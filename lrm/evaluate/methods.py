@@ -323,12 +323,12 @@ class ModelAdapter:
 
         from .. import cameras as cam
 
-        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None, None].to(self.device)
         camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
         from ..precision import autocast_for
 
-        with torch.no_grad(), autocast_for(self.precision, self.device):
-            return self.model(x, camv[None].to(self.device)).float()
+        with torch.no_grad(), autocast_for(self.precision, self.device):  # one view: [1, 1, 3, S, S], [1, 1, 16]
+            return self.model(x, camv[None, None].to(self.device)).float()
 
     def mesh(self, triplane):
         from ..mesh import build_trimesh, density_grid, field_query, marching_cubes

@@ -5,10 +5,11 @@ image features seen along its line of sight through the cube: for the token at p
 of plane (axis_a, axis_b), ``lift_samples`` points run along the plane's normal axis from -R to R; each is
 projected into the input view with the input camera (``lrm.cameras.project_points``), the encoder's patch
 tokens are sampled there (bilinear, zero outside the image) and the samples are averaged, then passed
-through a linear layer. The plane facing the camera thus receives the image itself at the right place, and
-the two edge-on planes receive image rows / columns, so from the first step each token carries image
-evidence about its own region instead of having to discover it through cross-attention (an untrained LRM
-gives every token the same attention-averaged features, and learns a mean blob before it learns shapes).
+through a linear layer (with several input views: each view with its own camera, averaged over the views).
+The plane facing the camera thus receives the image itself at the right place, and the two edge-on planes
+receive image rows / columns, so from the first step each token carries image evidence about its own region
+instead of having to discover it through cross-attention (an untrained LRM gives every token the same
+attention-averaged features, and learns a mean blob before it learns shapes).
 This is a geometric prior, not a new learned stage; it has no effect on imported TripoSR/OpenLRM weights,
 whose configs leave it off.
 """
@@ -69,11 +70,14 @@ class ImageLift(nn.Module):
         self.proj = nn.Linear(context_dim, token_dim)
 
     def forward(self, image_tokens: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
-        """image_tokens [B, prefix + g*g, D] (the encoder's output: CLS/register tokens first), cameras [B, 16]
-        -> [B, 3 * P * P, token_dim] to add to the learned triplane tokens."""
-        patches = image_tokens[:, self.prefix:]
+        """image_tokens [B, V, prefix + g*g, D] (the encoder's output per view: CLS/register tokens first), cameras
+        [B, V, 16] -> [B, 3 * P * P, token_dim] to add to the learned triplane tokens. Each view is lifted with its
+        own camera and the lifted features are averaged over the views (for V = 1: that view's features)."""
+        b, v = image_tokens.shape[:2]
+        patches = image_tokens[:, :, self.prefix:].flatten(0, 1)
         grid = math.isqrt(patches.shape[1])
         if grid * grid != patches.shape[1]:
             raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
         pts = token_points(self.plane_tokens, self.radius, self.samples, image_tokens.device)
-        return self.proj(lift_features(patches.float(), grid, cameras.float(), pts).to(image_tokens.dtype))
+        feats = lift_features(patches.float(), grid, cameras.flatten(0, 1).float(), pts)  # [B*V, T, D]
+        return self.proj(feats.unflatten(0, (b, v)).mean(1).to(image_tokens.dtype))

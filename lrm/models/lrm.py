@@ -1,9 +1,15 @@
-"""The assembled Large Reconstruction Model: image (+ camera) -> triplane -> density/colour -> pixels.
+"""The assembled Large Reconstruction Model: images (+ cameras) -> triplane -> density/colour -> pixels.
 
 Data flow (one file per stage, in this order):
 encoder.py (ViT tokens) -> camera_embed.py (adaLN conditioning) -> transformer.py (triplane tokens attend to
 image tokens) -> upsampler.py (tokens -> 3 x C x H x W planes) -> decoder.py (plane features at points ->
 density, RGB) -> lrm/render/volume.py (rays -> pixels).
+
+The view axis: ``forward`` takes V input views of each object, [B, V, 3, H, W] with their cameras [B, V, 16] in
+the canonical frame of view 0. The encoder runs on all B·V images; with ``transformer.multiview`` each view's
+camera embedding is added to its own tokens; the views' tokens are concatenated into one context of V·T tokens
+for the transformer's cross-attention; the lift averages each view's back-projection; the adaLN modulation uses
+view 0's camera. Nothing depends on the order of views 1..V-1. V = 1 is the one-view model exactly.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch.nn as nn
 from .. import cameras as cam
 from ..config import model_config_from
 from ..render.volume import VolumeRenderer
-from .camera_embed import CameraEmbedder
+from .camera_embed import CameraEmbedder, ViewEmbedder
 from .decoder import TriplaneDecoder
 from .encoder import ImageEncoder, load_pretrained
 from .lift import ImageLift
@@ -37,6 +43,7 @@ class LRM(nn.Module):
         self.lift = (ImageLift(self.encoder.out_dim, t.token_dim, t.plane_tokens, cfg.render.radius, t.lift_samples,
                                prefix_tokens=int(cfg.encoder.cls_token) + cfg.encoder.num_register_tokens)
                      if t.lift_image else None)
+        self.view_embed = ViewEmbedder(t.camera_embed_dim, self.encoder.out_dim) if t.multiview else None
         self.transformer = TriplaneTransformer(t, context_dim=self.encoder.out_dim)
         self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel)
         self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius)
@@ -49,17 +56,46 @@ class LRM(nn.Module):
         if cfg.encoder.freeze:
             self.encoder.requires_grad_(False)
 
-    # ------------------------------------------------------------------ image -> triplane
+    # ------------------------------------------------------------------ images -> triplane
     def forward(self, images: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """images [B, 3, H, W] in [0, 1]; cameras [B, 16] (``lrm.cameras.camera_vector`` of the canonical
-        input camera; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W']."""
-        tokens = self.encoder(images)
-        if cameras is None and (self.camera_embed is not None or self.lift is not None):
-            cameras = self.default_camera(images.shape[0], images.device, images.dtype)
-        cond = self.camera_embed(cameras) if self.camera_embed is not None else None
+        """images [B, V, 3, H, W] in [0, 1]; cameras [B, V, 16] (``lrm.cameras.camera_vector`` of each view's camera
+        in the canonical frame of view 0; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W'].
+        One view may also come as images [B, 3, H, W] and cameras [B, 16]."""
+        images, cameras = self._with_view_axis(images, cameras)
+        b, v = images.shape[:2]
+        tokens = self.encoder(images.flatten(0, 1)).unflatten(0, (b, v))  # [B, V, T, D]
+        cond = self.camera_embed(cameras[:, 0]) if self.camera_embed is not None else None
         offset = self.lift(tokens, cameras) if self.lift is not None else None
-        x = self.transformer(tokens, cond, offset)
+        x = self.transformer(self.context(tokens, cameras), cond, offset)
         return self.upsampler(x, self.cfg.transformer.plane_tokens)
+
+    def context(self, tokens: torch.Tensor, cameras: Optional[torch.Tensor]) -> torch.Tensor:
+        """Image tokens [B, V, T, D] (+ each view's camera embedding) -> the transformer's context [B, V·T, D]."""
+        if self.view_embed is not None:
+            tokens = tokens + self.view_embed(cameras).to(tokens.dtype)
+        return tokens.flatten(1, 2)
+
+    def _with_view_axis(self, images: torch.Tensor, cameras: Optional[torch.Tensor]):
+        """(images [B, V, 3, H, W], cameras [B, V, 16] or None), checked; one-view inputs get V = 1."""
+        if images.dim() == 4:
+            images = images.unsqueeze(1)
+        if cameras is not None and cameras.dim() == 2:
+            cameras = cameras.unsqueeze(1)
+        if images.dim() != 5:
+            raise ValueError(f"images must be [B, V, 3, H, W] or [B, 3, H, W], got {tuple(images.shape)}")
+        b, v = images.shape[:2]
+        if v > 1 and self.view_embed is None:
+            raise ValueError(f"{v} input views given to a one-view model (model.transformer.multiview=false): "
+                             "pass one view, or use a model built with multiview=true")
+        uses_cameras = self.camera_embed is not None or self.lift is not None or self.view_embed is not None
+        if cameras is None and uses_cameras:
+            if v > 1:
+                raise ValueError(f"{v} input views need their cameras [B, V, 16]")
+            cameras = self.default_camera(b, images.device, images.dtype).unsqueeze(1)
+        if cameras is not None and tuple(cameras.shape[:2]) != (b, v):
+            raise ValueError(f"cameras {tuple(cameras.shape)} do not match images {tuple(images.shape)}: "
+                             "expected [B, V, 16]")
+        return images, cameras
 
     @staticmethod
     def default_camera(batch: int, device=None, dtype=torch.float32, distance=cam.CANONICAL_DISTANCE,
@@ -102,8 +138,8 @@ class LRM(nn.Module):
 
     # ------------------------------------------------------------------ bookkeeping
     def parameter_counts(self) -> Dict[str, int]:
-        stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "lift": self.lift,
-                  "transformer": self.transformer,
+        stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "view_embed": self.view_embed,
+                  "lift": self.lift, "transformer": self.transformer,
                   "upsampler": self.upsampler, "decoder": self.decoder}
         counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in stages.items()}
         counts["total"] = sum(counts.values())

@@ -18,6 +18,8 @@ DATA_DEFAULTS = {
     "val_path": None,  # validation shards (default: the same folder, split="val")
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step
+    "num_input_views": 1,  # V input views per object (the first defines the canonical frame); V > 1 needs
+    # a model with model.transformer.multiview
     "background": "random",  # random | white | black | grey | [r, g, b]
     # colour the *input* view is composited on; null = the same as the supervision views. "white" matches
     # infer.py (INFER_DEFAULTS.input_background), so the model need not learn to tell a random background apart

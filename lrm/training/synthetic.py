@@ -3,7 +3,8 @@
 Every object is 1..``max_primitives`` axis-aligned primitives inside the unit cube, rendered analytically
 (ray-primitive intersection, Lambert + ambient shading, binary alpha) from orbit cameras
 (``lrm.cameras.orbit_camera``, distance 2, FoV 40). Batches follow the training batch contract of
-:mod:`lrm.data.batch` exactly: cameras canonicalised to the input view, images composited on the background.
+:mod:`lrm.data.batch` exactly: ``data.num_input_views`` input views (default 1), cameras canonicalised to the
+first, images composited on the background.
 
 Everything is a pure function of ``(seed, sample index)``: ``batch(indices)`` returns the same tensors in
 any process at any time, so the trainer's data position is just the step counter (exact resume).
@@ -173,6 +174,7 @@ class SyntheticMultiView:
         self.extras = dict(extras or {})  # as lrm.data.make_loader's: points, surface_points, depth
         self.size = int(cfg_data.image_size)
         self.k = int(cfg_data.num_views_target)
+        self.v = int(cfg_data.get("num_input_views", 1))  # input views, the first defining the canonical frame
         self.background = cfg_data.background if split == "train" else "white"
         self.input_background = cfg_data.get("input_background") if split == "train" else None
         self.split = split
@@ -201,26 +203,27 @@ class SyntheticMultiView:
         g_obj = _gen(self.seed, self._split_key, 0, obj_id)
         obj = random_object(g_obj, self.max_primitives)
         g = _gen(self.seed, self._split_key, 1, index)
+        v, n = self.v, self.k + self.v
         if self.views_per_object > 0:
             views = self._cameras(g_obj, self.views_per_object)
             if self.fixed_input:
                 pick = torch.cat([torch.zeros(1, dtype=torch.long),
-                                  1 + torch.randperm(self.views_per_object - 1, generator=g)[: self.k]])
+                                  1 + torch.randperm(self.views_per_object - 1, generator=g)[: n - 1]])
             else:
-                pick = torch.randperm(self.views_per_object, generator=g)[: self.k + 1]
-            if len(pick) < self.k + 1:  # fewer stored views than K + 1: sample with replacement
-                pick = torch.cat([pick, torch.randint(0, self.views_per_object, (self.k + 1 - len(pick),), generator=g)])
+                pick = torch.randperm(self.views_per_object, generator=g)[:n]
+            if len(pick) < n:  # fewer stored views than V + K: sample with replacement
+                pick = torch.cat([pick, torch.randint(0, self.views_per_object, (n - len(pick),), generator=g)])
             c2w = views[pick]
         else:
-            c2w = self._cameras(g, self.k + 1)
-        intr = cam.intrinsics_from_fov(self.fov).expand(self.k + 1, 4)
+            c2w = self._cameras(g, n)
+        intr = cam.intrinsics_from_fov(self.fov).expand(n, 4)
         rgb, alpha, depth = render_object(obj, c2w, intr, self.size, return_depth=True)
         if self.background == "white":
             bg = torch.ones(3)
         else:
             bg = torch.rand(3, generator=g)
         ibg = fixed_background(self.input_background)  # None: the sample's own background
-        inp = rgb[0] + (1 - alpha[0, ..., None]) * (bg if ibg is None else ibg)
+        inp = rgb[:v] + (1 - alpha[:v, ..., None]) * (bg if ibg is None else ibg)
         rgb = rgb + (1 - alpha[..., None]) * bg
         c2w_canon, M = cam.canonicalize(c2w, self.distance)
         extra = {}
@@ -228,14 +231,14 @@ class SyntheticMultiView:
         if n_occ > 0 or n_surf > 0:
             extra.update(object_points(obj, n_occ, n_surf, _gen(self.seed, self._split_key, 2, index), M))
         if self.extras.get("depth"):
-            extra["target_depth"] = depth[1:]
+            extra["target_depth"] = depth[v:]
         return {**extra,
-            "input_image": inp.permute(2, 0, 1).contiguous(),
-            "input_camera": cam.camera_vector(c2w_canon[0], intr[0]),
-            "target_rgb": rgb[1:],
-            "target_mask": alpha[1:],
-            "target_c2w": c2w_canon[1:],
-            "target_intrinsics": intr[1:].clone(),
+            "input_images": inp.permute(0, 3, 1, 2).contiguous(),
+            "input_cameras": cam.camera_vector(c2w_canon[:v], intr[:v]),
+            "target_rgb": rgb[v:],
+            "target_mask": alpha[v:],
+            "target_c2w": c2w_canon[v:],
+            "target_intrinsics": intr[v:].clone(),
             "background": bg,
             "uid": f"synthetic-{self.split}-{self.seed}-{obj_id}",
         }

@@ -294,7 +294,7 @@ def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpip
     rays_o, rays_d, t_rgb, t_mask, patch, t_depth = sample_rays(batch, tcfg.render, generator)
     parts = [batch[k] for k in ("points", "surface_points") if k in batch]
     points = torch.cat(parts, 1) if parts else None
-    out, tri = step_module(batch["input_image"], batch["input_camera"], rays_o, rays_d,
+    out, tri = step_module(batch["input_images"], batch["input_cameras"], rays_o, rays_d,
                            batch["background"][:, None, :], generator, points)
     targets = {"depth": t_depth}
     if points is not None:
@@ -325,7 +325,7 @@ def validate(model, batch: Dict, resolution: int, n_views: int) -> Dict[str, tor
     try:
         c2w = batch["target_c2w"][:, :n_views]
         intr = batch["target_intrinsics"][:, :n_views]
-        tri = model(batch["input_image"], batch["input_camera"])
+        tri = model(batch["input_images"], batch["input_cameras"])
         out = model.render(tri, c2w, intr, resolution=resolution, randomize=False,
                            background=batch["background"][:, None, :])
     finally:
@@ -355,14 +355,16 @@ def fixed_val_batch(cfg) -> Dict:
 
 
 def image_grid(batch: Dict, val: Dict) -> torch.Tensor:
-    """[3, H, W] grid: per object, row 1 input + targets, row 2 blank + predictions."""
+    """[3, H, W] grid: per object, row 1 input views + targets, row 2 blank + predictions."""
     pred, tgt = val["pred"].float().cpu(), val["target"].float().cpu()
     b, v, r = pred.shape[:3]
-    inp = torch.nn.functional.interpolate(batch["input_image"].float().cpu(), size=r, mode="area")
+    inp = batch["input_images"].float().cpu()
+    n_in = inp.shape[1]
+    inp = torch.nn.functional.interpolate(inp.flatten(0, 1), size=r, mode="area").unflatten(0, (b, n_in))
     rows = []
     for i in range(b):
-        rows.append(torch.cat([inp[i].permute(1, 2, 0)] + list(tgt[i]), 1))
-        rows.append(torch.cat([torch.ones(r, r, 3)] + list(pred[i]), 1))
+        rows.append(torch.cat(list(inp[i].permute(0, 2, 3, 1)) + list(tgt[i]), 1))
+        rows.append(torch.cat([torch.ones(r, n_in * r, 3)] + list(pred[i]), 1))
     return torch.cat(rows, 0).permute(2, 0, 1).clamp(0, 1)
 
 
