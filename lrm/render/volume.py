@@ -286,7 +286,8 @@ class VolumeRenderer:
         pts = rays_o[..., None, :] + rays_d[..., None, :] * t[..., None]
         density, rgb = field(pts.reshape(b, n * s, 3))
         # compositing in fp32 whatever precision the field ran in (bf16 autocast): transmittance is a long product
-        return density.float().view(b, n, s), rgb.float().view(b, n, s, 3)
+        dt = torch.promote_types(density.dtype, torch.float32)  # fp64 stays fp64 (conformance tests)
+        return density.to(dt).view(b, n, s), rgb.to(dt).view(b, n, s, 3)
 
 
 def query_where(field: Field, rays_o, rays_d, t, mask):
