@@ -228,6 +228,8 @@ class _Decoder:
     def __call__(self, sample: dict) -> dict:
         try:
             return self.decode(sample)
+        except MissingMembersError:
+            raise  # not a corrupt sample: the whole set lacks what a loss needs (one clear error)
         except Exception as e:  # noqa: BLE001  named, then skipped by warn_and_skip
             raise sample_error(sample, e) from e
 
