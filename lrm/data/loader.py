@@ -156,9 +156,10 @@ def random_color_transform(rng: np.random.Generator, p: float) -> Optional[np.nd
 
 def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random.Generator,
                    color: Optional[np.ndarray]) -> dict:
+    from .points import POINT_KEYS
     from .shards import _npy
 
-    missing = [k for k in ("points.npy", "occupancy.npy", "surface.npy", "surface_rgb.npy") if k not in sample]
+    missing = [k for k in POINT_KEYS if k not in sample]
     if missing:
         raise MissingMembersError(
             f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no 3D points ({missing[0]}): a loss "
@@ -184,17 +185,14 @@ def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random
 
 def _depth_maps(sample: dict, idx, head: dict, size: int, alpha: torch.Tensor) -> torch.Tensor:
     """Ray-distance depth of views ``idx`` at ``size`` (coverage-weighted resize, 0 off the object)."""
-    from .shards import DEPTH_SCALE
+    from .shards import decode_depth
 
     key = f"{idx[0]:03d}.depth.png"
     if key not in sample:
         raise MissingMembersError(f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no depth "
                                   "maps: the depth loss needs shards built with depth (data/build.py default)")
-    scale = head["record"].get("depth_scale") or DEPTH_SCALE
-    z = np.stack([decode_png(sample[f"{i:03d}.depth.png"]).astype(np.float32) * scale for i in idx])
-    d = torch.from_numpy(ray_distance(z, head["intrinsics"][idx]))
-    a_full = alpha  # [V, H, W] straight alpha at full resolution
-    x = torch.stack([d * a_full, a_full], 1)
+    d = torch.from_numpy(ray_distance(decode_depth(sample, idx, head["record"]), head["intrinsics"][idx]))
+    x = torch.stack([d * alpha, alpha], 1)  # alpha: [V, H, W] straight, full resolution
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return torch.where(x[:, 1] > 1e-3, x[:, 0] / x[:, 1].clamp_min(1e-3), torch.zeros_like(x[:, 0]))

@@ -109,6 +109,12 @@ def decode_header(sample: dict) -> dict:
     return {"uid": rec.get("uid", sample.get("__key__")), "record": rec, "c2w": c2w, "intrinsics": K}
 
 
+def decode_depth(sample: dict, idx: Sequence[int], record: dict) -> np.ndarray:
+    """Camera z-depth float32 [len(idx), H, W] of views ``idx`` (0 = background)."""
+    scale = record.get("depth_scale") or DEPTH_SCALE
+    return np.stack([decode_png(sample[f"{i:03d}.depth.png"]).astype(np.float32) * scale for i in idx])
+
+
 def decode_sample(sample: dict, views: Optional[Sequence[int]] = None, depth: bool = True, normals: bool = False) -> dict:
     """Full decode: ``rgba`` uint8 [V,H,W,4], ``c2w``, ``intrinsics``, optional ``depth`` float32 [V,H,W]."""
     out = decode_header(sample)
@@ -118,8 +124,7 @@ def decode_sample(sample: dict, views: Optional[Sequence[int]] = None, depth: bo
     out["c2w"] = out["c2w"][idx]
     out["intrinsics"] = out["intrinsics"][idx]
     if depth and f"{idx[0]:03d}.depth.png" in sample:
-        scale = out["record"].get("depth_scale") or DEPTH_SCALE
-        out["depth"] = np.stack([decode_png(sample[f"{i:03d}.depth.png"]).astype(np.float32) * scale for i in idx])
+        out["depth"] = decode_depth(sample, idx, out["record"])
     if normals and f"{idx[0]:03d}.normal.png" in sample:
         n = np.stack([decode_png(sample[f"{i:03d}.normal.png"]) for i in idx]).astype(np.float32)
         out["normals"] = n[..., :3] / 127.5 - 1.0
