@@ -154,6 +154,10 @@ def test_one_condition_serves_a_batch(prior, image):
     torch.testing.assert_close(scalar_t, one[1:2], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="2 images"):
         prior.predict_noise(x_t, t, prior.condition(image.expand(2, -1, -1, -1)), rel)
+    with pytest.raises(ValueError, match="2 relative cameras for 3 samples"):
+        prior.predict_noise(x_t, t, None, rel[:2])
+    with pytest.raises(ValueError, match=r"x_t must be latents \[N, 4, 32, 32\]"):
+        prior.predict_noise(torch.zeros(3, 3, 256, 256), t, None, rel)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -273,7 +273,10 @@ class Zero123Prior:
     def context(self, cond: Optional[Condition], rel_camera: Tensor, n: int):
         """(cross-attention context [n, 1, D], concat latent [n, 4, h, w]) of a condition (None: unconditional)
         for project-convention relative cameras [n, 4] (or [4])."""
-        cam = zero123_camera(rel_camera.to(self.device, torch.float32)).expand(n, 4).to(self.dtype)
+        cam = zero123_camera(rel_camera.to(self.device, torch.float32)).reshape(-1, 4)
+        if cam.shape[0] not in (1, n):
+            raise ValueError(f"{cam.shape[0]} relative cameras for {n} samples (give 1 or {n})")
+        cam = cam.expand(n, 4).to(self.dtype)
         h = w = self.resolution // self.vae_scale
         if cond is None:
             lat = torch.zeros(n, self.latent_channels, h, w, device=self.device, dtype=self.dtype)
@@ -288,7 +291,9 @@ class Zero123Prior:
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor) -> Tensor:
         """ε̂ [N, 4, h, w] (float32) for scaled latents ``x_t`` at integer timesteps ``t`` [N] (or a scalar), target
         cameras ``rel_camera`` [N, 4] relative to the input view (``relative_camera``); ``cond=None``: unconditional."""
-        n = x_t.shape[0]
+        n, h = x_t.shape[0], self.resolution // self.vae_scale
+        if tuple(x_t.shape[1:]) != (self.latent_channels, h, h):
+            raise ValueError(f"x_t must be latents [N, {self.latent_channels}, {h}, {h}], got {tuple(x_t.shape)}")
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
         ctx, lat = self.context(cond, rel_camera, n)
         x = x_t.to(self.device, torch.float32)
