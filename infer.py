@@ -4,12 +4,15 @@
     python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
         [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--texture vertex|uv] [--video]
         [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
+    python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
 preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
 to a temporary folder, then renamed); a bad input gives one error line, a non-zero exit, and no files.
 An existing OUT/<name> is replaced only if infer.py wrote it (its .lrm-output.json lists every file in it);
 anything else is refused unless --overwrite is given (docs/guarantees.md).
+With --cameras, the images are views of ONE object with known cameras (format: docs/inference.md,
+lrm/cameras_file.py): one output folder OUT/<first image's name>/, with input_views.png beside input.png.
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--mask", default=None, help="foreground mask (white = object) for a single RGB image")
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"],
                    help="viewer: +Y up, input view facing +Z (glTF viewers); canonical: the model's +Z-up frame")
+    p.add_argument("--cameras", default=None, metavar="CAMS.JSON",
+                   help="the images are views of one object with these cameras (needs a multi-view checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/<name> even if it is not a folder infer.py wrote")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
                 texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
+    if args.cameras:
+        return main_views(args, opts, out_root)
     try:
         check_options(opts)
         check_outputs(args.images, out_root, args.overwrite)
@@ -171,6 +178,77 @@ def main(argv=None) -> int:
             failures += 1
     print(f"total {time.perf_counter() - T_START:.2f}s")
     return 1 if failures else 0
+
+
+# ------------------------------------------------------------------ several views of one object (--cameras)
+def process_views(pipe, rig, args, out_root: Path) -> Path:
+    """All images as views of one object: OUT/<first image's name>/ (mesh, input.png = view 0, input_views.png)."""
+    import numpy as np
+
+    from lrm.multiview_input import run_views
+    from lrm.outdir import make_temp_dir, publish
+    from lrm.outputs import require_surface, save_image, write_result
+
+    final = out_root / output_name(args.images[0])
+    tmp = make_temp_dir(final)
+    try:
+        result, views = run_views(pipe, args.images, rig, video=args.video)
+        require_surface(result, args.images[0])
+        t = time.perf_counter()
+        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
+                             radius=pipe.cfg.model.render.radius)
+        save_image(np.concatenate(list(views), 1), tmp / "input_views.png")
+        result.timings["export"] = time.perf_counter() - t
+        info = {"images": [str(i) for i in args.images], "cameras": str(args.cameras),
+                "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
+                "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
+                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
+        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
+        publish(tmp, final, overwrite=args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{len(args.images)} views: {info['faces']} faces -> {final}/mesh.{args.format}  "
+          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return final
+
+
+def main_views(args, opts, out_root: Path) -> int:
+    """infer.py IMAGES --cameras CAMS.JSON: check everything (cameras file, images, output) before loading the
+    model; one error line and exit 2 on bad input."""
+    from lrm.cameras_file import read_cameras_file
+    from lrm.checkpoint import CheckpointError
+    from lrm.config import ConfigError
+    from lrm.outdir import OutputExistsError, check_target, sweep_stale
+    from lrm.pipeline import Pipeline, check_options
+    from lrm.preprocess import InputError, load_image
+
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    try:
+        check_options(opts)
+        if args.mask is not None:
+            raise InputError("--mask applies to a single input image, not to --cameras views")
+        rig = read_cameras_file(args.cameras, args.images)
+        for image in args.images:
+            load_image(image)
+        check_target(out_root / output_name(args.images[0]), args.overwrite)
+        check_output_dir(out_root)
+        sweep_stale(out_root)
+        pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
+        process_views(pipe, rig, args, out_root)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    print(f"total {time.perf_counter() - T_START:.2f}s")
+    return 0
 
 
 if __name__ == "__main__":

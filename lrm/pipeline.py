@@ -182,6 +182,16 @@ class Pipeline:
             tri = self.model(x, self.input_camera()[:, None])
         return tri.float()  # the decoder and the renderer run in fp32
 
+    @torch.no_grad()
+    def triplane_views(self, images: np.ndarray, cameras: torch.Tensor) -> torch.Tensor:
+        """The model on V preprocessed views [V, S, S, 3] with their camera vectors [V, 16] in the canonical frame of
+        view 0 (``lrm.cameras_file.canonical_cameras``): images [1, V, 3, S, S], cameras [1, V, 16]. Needs a
+        multi-view model for V > 1 (``lrm.multiview_input`` prepares the views from files)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)[None].to(self.device)
+        with autocast_for(self.opts["precision"], self.device):
+            tri = self.model(x, cameras[None].float().to(self.device))
+        return tri.float()
+
     def density_fn(self, triplane):
         return lambda p: self.model.query(triplane, p[None])["density"][0]
 

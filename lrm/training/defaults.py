@@ -22,7 +22,8 @@ DATA_DEFAULTS = {
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step
     "num_input_views": 1,  # V input views per object (the first defines the canonical frame); V > 1 needs
-    # a model with model.transformer.multiview
+    # a model with model.transformer.multiview. [lo, hi]: a V per batch, uniform in lo..hi, drawn from the
+    # batch's position (exact resume; lrm/data/batch.py)
     "background": "random",  # random | white | black | grey | [r, g, b]
     # colour the *input* view is composited on; null = the same as the supervision views. "white" matches
     # infer.py (INFER_DEFAULTS.input_background), so the model need not learn to tell a random background apart
@@ -143,6 +144,13 @@ def apply_lrm_defaults(cfg: DictConfig) -> DictConfig:
     merge_section(cfg, "data", DATA_DEFAULTS)
     merge_section(cfg, "train", TRAIN_DEFAULTS)
     check_limits(cfg, SIZE_LIMITS)
+    from ..config import ConfigError
+    from ..data.batch import input_views_range
+
+    try:  # an int or [lo, hi]: a bad value fails here, not mid-run
+        input_views_range(cfg.data.num_input_views)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
