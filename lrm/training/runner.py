@@ -287,7 +287,7 @@ class Runner:
         self.model = self.task.build_model()
         if self.init_dir is not None and self.resume_dir is None:
             _, sd = read_checkpoint(self.init_dir)
-            self.model.load_state_dict(sd, strict=True)
+            self.task.load_init_weights(self.model, sd, self.init_dir)
             log.info("initialised weights from %s", self.init_dir)
         self.model.train()
 

@@ -42,6 +42,10 @@ class Task:
         """The bare model (what ``model/model.safetensors`` holds); ``--init-from`` loads into it."""
         raise NotImplementedError
 
+    def load_init_weights(self, model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: Path) -> None:
+        """``--init-from`` / ``--resume MODEL_DIR``: load exported weights into the bare model (default: strict)."""
+        model.load_state_dict(state_dict, strict=True)
+
     def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module handed to ``accelerator.prepare`` (default: the model itself). Its ``state_dict`` keys,
         minus ``export_prefix``, are the model's."""
