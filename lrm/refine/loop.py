@@ -312,9 +312,9 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
             opt.zero_grad(set_to_none=True)
             if in_a_row >= cfg.max_skips:
                 raise RefineError(f"refinement stopped: {in_a_row} steps in a row had a non-finite loss or gradient "
-                                  f"(step {step}; terms {({k: float(v) for k, v in terms.items()})})")
-        rec = {k: float(v) for k, v in terms.items()}
-        rec.update(total=float(total), resolution=res, skipped=float(not ok))
+                                  f"(step {step}; terms {({k: float(v.detach()) for k, v in terms.items()})})")
+        rec = {k: float(v.detach()) for k, v in terms.items()}
+        rec.update(total=float(total.detach()), resolution=res, skipped=float(not ok))
         if guidance is not None:
             rec.update({f"sds_{k}": v for k, v in guidance.info.items() if k in ("t_mean", "grad_norm")})
         history.append(rec)
