@@ -2,7 +2,7 @@
 
     nice -n 19 python benchmarks/bench_refine.py [--steps 6] [--image examples/duck.png] [--json out.json]
 
-The prior is a random-weight diffusers UNet2DModel (~1.7 M parameters, 64², x_t + condition image + relative
+The prior is a random-weight diffusers UNet2DModel (~2.4 M parameters, 64², x_t + condition image + relative
 camera as input channels: the size of the project's zero123-tiny pixel prior), so its cost, not its output,
 is realistic. Each mode runs ``--steps`` steps at the default RefineConfig (first at the coarse and then at the
 fine render side) and the table projects a whole refinement at the default number of steps. Wall and process CPU
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 class UNetPrior:
     """ViewPrior protocol around a random diffusers UNet2DModel (cost stand-in for the trained pixel prior)."""
 
-    def __init__(self, resolution=64, channels=(40, 80, 80), T=1000):
+    def __init__(self, resolution=64, channels=(48, 96, 96), T=1000):
         from diffusers import UNet2DModel
 
         from lrm.diffusion.prior import Condition  # noqa: F401 (protocol type)
