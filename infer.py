@@ -4,10 +4,12 @@
     python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
         [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--texture vertex|uv] [--video]
         [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
+        [--refine sds|ref|scratch [--prior DIR] [--refine-steps N]]
     python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
-preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
+preprocessed model input), input_mask.png (its alpha), turntable.mp4 with --video, and timings.json. With --refine
+the triplane is then optimised (lrm/refine/, docs/refine.md) and OUT/<name>-refined-<mode>/ is written as well. Outputs appear all at once (written
 to a temporary folder, then renamed); a bad input gives one error line, a non-zero exit, and no files.
 An existing OUT/<name> is replaced only if infer.py wrote it (its .lrm-output.json lists every file in it);
 anything else is refused unless --overwrite is given (docs/guarantees.md).
@@ -51,6 +53,11 @@ def parse_args(argv=None):
                    help="the images are views of one object with these cameras (needs a multi-view checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/<name> even if it is not a folder infer.py wrote")
+    p.add_argument("--refine", default=None, choices=["sds", "ref", "scratch"],
+                   help="refine the triplane after reconstruction (sds: + diffusion prior; ref: input view only)")
+    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch "
+                   "(default: checkpoints/zero123-tiny)")
+    p.add_argument("--refine-steps", type=int, default=None, help="refinement steps (default: RefineConfig.steps)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -66,7 +73,13 @@ def check_output_dir(out: Path):
         raise InputError(f"output folder is not writable: {out} ({e.strerror or e})") from None
 
 
-def process(pipe, image: str, args, out_root: Path) -> Path:
+def refine_target(out_root: Path, image: str, mode: str) -> Path:
+    from lrm.refine import default_target
+
+    return default_target(out_root / output_name(image), mode)
+
+
+def process(pipe, image: str, args, out_root: Path, prior=None) -> Path:
     from lrm.outputs import require_surface, write_result
 
     from lrm.outdir import make_temp_dir, publish
@@ -90,6 +103,17 @@ def process(pipe, image: str, args, out_root: Path) -> Path:
         raise
     print(f"{image}: {info['faces']} faces -> {final}/mesh.{args.format}  "
           + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    if args.refine:
+        from lrm.refine import refine_to_folder
+
+        from lrm.refine.__main__ import config_from_args
+
+        target = refine_target(out_root, image, args.refine)
+        cfg = config_from_args(argparse.Namespace(mode=args.refine), steps=args.refine_steps)
+        res = refine_to_folder(pipe, result.triplane, result.input_image, result.input_mask, prior, cfg, target,
+                               fmt=args.format, orientation=args.orientation, video=args.video,
+                               video_format=args.video_format, overwrite=args.overwrite, source=str(final))
+        print(f"{image}: refined ({args.refine}, {res.stats['steps']} steps, {res.stats['seconds']:.1f}s) -> {target}")
     return final
 
 
@@ -98,7 +122,7 @@ def output_name(image: str) -> str:
     return stem if stem not in ("", ".", "..") else "image"
 
 
-def check_outputs(images, out_root: Path, overwrite: bool) -> None:
+def check_outputs(images, out_root: Path, overwrite: bool, refine: str = None) -> None:
     """Before any work: two inputs must not share an output folder, and no existing OUT/<name> may be one this
     program did not write (unless ``overwrite``)."""
     from lrm.outdir import check_target
@@ -113,6 +137,8 @@ def check_outputs(images, out_root: Path, overwrite: bool) -> None:
         seen[key] = image
     for image in seen.values():
         check_target(out_root / output_name(image), overwrite)
+        if refine:
+            check_target(refine_target(out_root, image, refine), overwrite)
 
 
 def main(argv=None) -> int:
@@ -124,7 +150,9 @@ def main(argv=None) -> int:
     from lrm.pipeline import Pipeline, check_options
     from lrm.preprocess import InputError, load_image
 
-    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    from lrm.refine import RefineError
+
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError, RefineError)
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
                 texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
@@ -132,7 +160,9 @@ def main(argv=None) -> int:
         return main_views(args, opts, out_root)
     try:
         check_options(opts)
-        check_outputs(args.images, out_root, args.overwrite)
+        check_outputs(args.images, out_root, args.overwrite, args.refine)
+        if args.refine_steps is not None and args.refine_steps < 1:
+            raise InputError(f"--refine-steps must be >= 1, got {args.refine_steps}")
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,12 +189,17 @@ def main(argv=None) -> int:
         load_s = time.perf_counter() - t
         print(f"loaded {args.checkpoint or 'default checkpoint'} on {pipe.device} in {load_s:.2f}s "
               f"(process start -> ready {time.perf_counter() - T_START:.2f}s)")
+        prior = None
+        if args.refine in ("sds", "scratch"):
+            from lrm.refine import load_prior
+
+            prior = load_prior(args.prior, pipe.device)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for image in valid:
         try:
-            process(pipe, image, args, out_root)
+            process(pipe, image, args, out_root, prior)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1

@@ -119,6 +119,7 @@ class Result:
     timings: Dict[str, float] = field(default_factory=dict)
     frames: Optional[List[np.ndarray]] = None  # turntable frames, uint8 [H, W, 3]
     stats: Dict[str, object] = field(default_factory=dict)
+    input_mask: Optional[np.ndarray] = None  # [S, S] alpha of the preprocessed input (for refinement)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -256,7 +257,8 @@ class Pipeline:
             t = time.perf_counter()
             frames = self.turntable(tri, progress=report)
             timings["turntable"] = time.perf_counter() - t
-        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats)
+        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats,
+                      input_mask=pre.rgba[..., 3])
 
 
 def export_mesh(mesh, path: Path, fmt: str, orientation: str = "viewer") -> List[Path]:
