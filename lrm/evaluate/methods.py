@@ -587,3 +587,85 @@ class GTMultiViewLRM(LRMMethod):
         info["t_model"] = time.perf_counter() - t1
         mesh = self.extract(tri, info)
         return self.prediction(tri, mesh, info, ctx)
+
+
+# ------------------------------------------------------------------------------------------ refinement
+class RefinedLRM(LRMMethod):
+    """Per-instance optimisation after (or instead of) the feed-forward pass (lrm/refine/, docs/refine.md).
+
+    ``lrm+ref`` refines the LRM's triplane with reference-view losses only (the ablation, no prior); ``lrm+sds``
+    adds SDS from the view prior on random orbit views; ``sds`` runs the same loop from a small-noise triplane (the
+    pure optimisation baseline, Zero-1-to-3 SDS / Magic123 style). The input is the eval object's input view as
+    rendered (``lrm``'s ``preprocess=none``), its mask the view's alpha. Parameters: ``lrm``'s, plus ``prior``
+    (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-tiny),
+    ``steps``, ``guidance`` (CFG scale), ``t_max`` (upper end of the t range at the start, annealed to
+    ``t_max_end`` over the run), ``w_sds``, ``lr``; seconds include the feed-forward pass."""
+
+    mode = "sds"
+    defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
+                "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1}
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        p = self.params
+        if p["preprocess"] != "none":
+            raise MethodError(f"{self.name}: the refinement reads the input view as rendered: preprocess must be none")
+        self.prior = None
+        if self.mode != "ref":
+            from ..refine.io import load_prior
+            from ..refine.loop import RefineError
+
+            try:
+                self.prior = load_prior(p["prior"], device=ctx.device)
+            except (RefineError, FileNotFoundError, ValueError) as e:
+                raise MethodError(f"{self.name}: {e}") from None
+
+    def refine_config(self):
+        from ..refine.loop import RefineConfig
+
+        p = self.params
+        sds = {"guidance_scale": float(p["guidance"]), "t_range_start": (0.02, float(p["t_max"])),
+               "t_range_end": (0.02, min(float(p["t_max"]), float(p["t_max_end"])))}
+        return RefineConfig(mode=self.mode, steps=int(p["steps"]), w_sds=float(p["w_sds"]), lr=float(p["lr"]),
+                            n_views=int(p["n_views"]), seed=0, save_every=0, sds=sds)
+
+    def predict(self, obj, ctx):
+        from ..refine.loop import RefineError, refine
+
+        t0 = time.perf_counter()
+        info = {"source": self.source, "mode": self.mode}
+        image = _input_rgb_on_white(obj)
+        mask = obj.input_rgba[..., 3].astype(np.float32) / 255.0
+        tri = None
+        if self.mode != "scratch":
+            tri = self.adapter.triplane(image, obj.input_c2w, obj.input_intrinsics)
+        info["t_model"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        try:
+            res = refine(tri, self.pipeline or self.adapter.model, image, self.prior, self.refine_config(), mask=mask,
+                         progress=False, device=self.adapter.device)
+        except RefineError as e:
+            raise PredictionError(str(e)) from None
+        info["t_refine"] = time.perf_counter() - t1
+        info.update({f"refine_{k}": v for k, v in res.stats.items() if isinstance(v, (int, float))})
+        tri = res.triplane.to(self.adapter.device)  # the decoder stays the checkpoint's (decoder_lr 0)
+        mesh = self.extract(tri, info)
+        return self.prediction(tri, mesh, info, ctx)
+
+
+@register_method("lrm+ref")
+class LRMRefRefined(RefinedLRM):
+    __doc__ = RefinedLRM.__doc__
+    mode = "ref"
+
+
+@register_method("lrm+sds")
+class LRMSDSRefined(RefinedLRM):
+    __doc__ = RefinedLRM.__doc__
+    mode = "sds"
+
+
+@register_method("sds")
+class SDSFromScratch(RefinedLRM):
+    __doc__ = RefinedLRM.__doc__
+    mode = "scratch"
