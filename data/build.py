@@ -31,6 +31,7 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "data":
 
 import numpy as np  # noqa: E402
 
+from lrm.conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG  # noqa: E402
 from lrm.data.shards import uid_rng  # noqa: E402
 
 DEFAULT_SOURCES = "procedural,pybullet,flightgear"
@@ -38,7 +39,7 @@ DEFAULT_SOURCES = "procedural,pybullet,flightgear"
 EVAL_SOURCES = ("cgal", "pymeshlab", "assimp")
 
 RENDER_DEFAULTS = dict(
-    views=24, resolution=256, fov_deg=40.0, distance=2.0, elevation_range=(-15.0, 45.0),
+    views=24, resolution=256, fov_deg=CANONICAL_FOV_DEG, distance=CANONICAL_DISTANCE, elevation_range=(-15.0, 45.0),
     val_orbit=True, depth=True, normals=False, samples=4, points=True,
 )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lrm.conventions import CANONICAL_FOV_DEG  # noqa: E402
 from lrm.data.layout import CONVENTIONS, folders_to_shards, shards_to_folders  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -17,7 +18,7 @@ p.add_argument("direction", choices=["to-folders", "from-folders"])
 p.add_argument("src")
 p.add_argument("dst")
 p.add_argument("--convention", default="c2w_opengl", choices=CONVENTIONS)
-p.add_argument("--fov", type=float, default=40.0, help="vertical FoV when a folder has no intrinsics.npy")
+p.add_argument("--fov", type=float, default=CANONICAL_FOV_DEG, help="vertical FoV when a folder has no intrinsics.npy")
 p.add_argument("--scale", type=float, default=1.0, help="multiply camera positions (dump units -> ours)")
 p.add_argument("--split", default=None)
 a = p.parse_args()

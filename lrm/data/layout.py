@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..conventions import CANONICAL_FOV_DEG
 from .shards import decode_png, encode_sample, list_shards, npy_bytes  # noqa: F401
 
 CONVENTIONS = ("c2w_opengl", "c2w_opencv", "w2c_opencv")
@@ -79,7 +80,7 @@ def shards_to_folders(path, out, convention: str = "c2w_opengl", split: Optional
     return n
 
 
-def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float = 40.0, scale: float = 1.0,
+def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float = CANONICAL_FOV_DEG, scale: float = 1.0,
                       shard_size: int = 64, val_fraction: float = 0.02, licence: str = "unknown (render dump)") -> dict:
     """Pack a folder-per-object render dump into our shards + manifest (no re-rendering)."""
     import webdataset as wds

@@ -20,7 +20,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import trimesh
 
-BALL_RADIUS = 0.866  # normalised objects fit in [-0.5, 0.5]^3, whose corners lie at sqrt(3)/2
+from ..conventions import OBJECT_BALL_RADIUS
+
+BALL_RADIUS = OBJECT_BALL_RADIUS  # normalised objects fit in [-0.5, 0.5]^3, whose corners lie at sqrt(3)/2
 NEAR_SCALES = (0.005, 0.02, 0.06)  # std of the Gaussian offsets from the surface (longest side = 1)
 POINT_KEYS = ("points.npy", "occupancy.npy", "surface.npy", "surface_rgb.npy")
 

@@ -29,20 +29,22 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS
+
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 DEFAULT_PROTOCOL = {
     "n_views": 16,
     "resolution": 256,
     "elevations_deg": [0.0, 30.0],
     "azimuth_step_deg": 45.0,
-    "distance": 2.0,
-    "fov_deg": 40.0,
+    "distance": CANONICAL_DISTANCE,
+    "fov_deg": CANONICAL_FOV_DEG,
     "input_resolution": 256,
     "background": [1.0, 1.0, 1.0],
     "n_surface_samples": 10000,
     "fscore_taus": [0.02, 0.05, 0.1],
     "iou_resolution": 64,
-    "radius": 0.87,
+    "radius": CUBE_RADIUS,
     "sample_seed": 0,
     "extra_input_views_deg": [],  # [[azimuth, elevation], ...] more input views (multi-view methods)
     "shading_ambient": 0.5,  # mesh renders: albedo * (ambient + (1 - ambient) |n.v|), see lrm/evaluate/raster.py
@@ -51,7 +53,7 @@ DEFAULT_PROTOCOL = {
 
 # ------------------------------------------------------------------------------------------ cameras
 def protocol_cameras(elevations_deg: Sequence[float] = (0.0, 30.0), azimuth_step_deg: float = 45.0,
-                     distance: float = 2.0, fov_deg: float = 40.0) -> Tuple[np.ndarray, np.ndarray]:
+                     distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG) -> Tuple[np.ndarray, np.ndarray]:
     """Novel-view cameras of the protocol in the canonical frame (input view = azimuth 0, elevation 0):
     c2w [V, 4, 4] and normalised intrinsics [V, 4], elevation-major, azimuth growing from 0."""
     import torch
@@ -66,7 +68,7 @@ def protocol_cameras(elevations_deg: Sequence[float] = (0.0, 30.0), azimuth_step
     return c2w.numpy().astype(np.float32), intr.numpy().astype(np.float32)
 
 
-def input_camera(distance: float = 2.0, fov_deg: float = 40.0) -> Tuple[np.ndarray, np.ndarray]:
+def input_camera(distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG) -> Tuple[np.ndarray, np.ndarray]:
     """The canonical input camera (azimuth 0, elevation 0): c2w [4, 4], intrinsics [4]."""
     c2w, intr = protocol_cameras((0.0,), 360.0, distance, fov_deg)
     return c2w[0], intr[0]
@@ -220,7 +222,7 @@ def in_split(uid: str, split: str, val_fraction: float = 0.1) -> bool:
 
 
 def prepare_object(mesh, seed: int, elevation_range: Tuple[float, float] = (0.0, 30.0),
-                   distance: float = 2.0):
+                   distance: float = CANONICAL_DISTANCE):
     """Normalise ``mesh`` (bbox centre -> origin, longest side 1), draw the input view's orbit camera from
     ``seed`` (azimuth uniform, elevation uniform in ``elevation_range``) and move the mesh into that camera's
     canonical frame (``lrm.cameras.canonicalize``). Returns (canonical mesh, record dict)."""
