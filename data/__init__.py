@@ -1,4 +1,2 @@
-"""Dataset building scripts (not part of the installed ``lrm`` package): mesh sources, renderers, builders.
-
-Run from the repository root: ``python data/build.py ...``, ``python data/build_eval.py ...`` (docs/data.md).
-"""
+"""Only ``build_eval.py`` is left here (being folded into lrm/evaluate/evalset.py); the dataset builder, mesh
+sources and renderers live in the package: ``lrm.data.build`` (``lrm-build-data``), ``lrm.data.sources``."""

@@ -6,7 +6,7 @@
 
 Objects: pybullet's textured objects (duck, soccer ball, ...), pymeshlab's test meshes, a curated list
 of assimp test models and CGAL scans (each source skipped when its package is absent). These uids are
-held out of training sets built by data/build.py.
+held out of training sets built by lrm-build-data.
 
 Layout (docs/conventions.md "Evaluation sets"), everything in the canonical frame of input view 0::
 
@@ -54,7 +54,7 @@ PROTOCOL = {  # key names as lrm/evaluate/evalset.py's DEFAULT_PROTOCOL, plus ho
 
 def eval_objects(num=None, sources: str = EVAL_SOURCES):
     """Real package-shipped objects with GT meshes (pybullet textured, pymeshlab, assimp, CGAL)."""
-    from data.sources import get_source
+    from lrm.data.sources import get_source
 
     out = []
     for name in [s.strip() for s in sources.split(",") if s.strip()]:

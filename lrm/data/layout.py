@@ -12,6 +12,11 @@ alternatives are ``c2w_opencv`` (our own convention) and ``w2c_opencv`` (3x4 ``[
 OpenCV axes, as written by Zero123-style scripts). Intrinsics default to a ``fov_deg`` (vertical) pinhole
 centred camera when no ``intrinsics.npy`` is present. Objects in such dumps are normalised by their own
 rules; ``scale`` multiplies camera positions so the object matches ours (longest side 1.0) when known.
+
+Command line (``python -m lrm.data.layout``)::
+
+    python -m lrm.data.layout to-folders   data/shards/default /tmp/dump [--convention c2w_opengl]
+    python -m lrm.data.layout from-folders /path/to/dump data/shards/imported [--convention ...] [--fov 40]
 """
 from __future__ import annotations
 
@@ -128,3 +133,27 @@ def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float 
            "skipped": skipped, "imported_from": str(root), "pose_convention": convention}
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lrm.data.layout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("direction", choices=["to-folders", "from-folders"])
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--convention", default="c2w_opengl", choices=CONVENTIONS)
+    p.add_argument("--fov", type=float, default=CANONICAL_FOV_DEG, help="vertical FoV when a folder has no intrinsics.npy")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply camera positions (dump units -> ours)")
+    p.add_argument("--split", default=None)
+    a = p.parse_args(argv)
+    if a.direction == "to-folders":
+        print(shards_to_folders(a.src, a.dst, a.convention, a.split), "objects written")
+    else:
+        m = folders_to_shards(a.src, a.dst, a.convention, a.fov, a.scale)
+        print(m["counts"], "skipped:", len(m["skipped"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """3D supervision from the meshes we render: occupancy-labelled points and coloured surface samples.
 
-Stored per object at build time (``data/build.py``, or ``--add-points`` over existing shards), in the
+Stored per object at build time (``lrm-build-data``, or ``--add-points`` over existing shards), in the
 object's normalised world frame (the frame of the shard's cameras):
 
     points.npy       float16 [N, 3]  uniform in the ball of radius ``BALL_RADIUS`` (inside the triplane cube

@@ -16,22 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-from lrm.data.mesh import MESH_SUFFIXES, MeshError, Parts, load_parts  # noqa: F401  (re-exported for source modules)
+from ..mesh import MESH_SUFFIXES, MeshError, Parts, load_parts  # noqa: F401  (re-exported for source modules)
 
 MESH_SUFFIXES_SRC = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
+#: converted meshes (assimp / FlightGear -> OBJ), relative to the working directory like ``--out`` (the checkout
+#: root: ``data/cache``, git-ignored); ``$LRM_DATA_CACHE`` overrides
+DEFAULT_CACHE = Path("data") / "cache"
 
-#: name -> module (under data.sources) for ``--sources``; ``real`` sources are used for the dev eval set.
+#: name -> module (under lrm.data.sources) for ``--sources``; ``real`` sources are used for the dev eval set.
 SOURCE_MODULES: Dict[str, str] = {
-    "procedural": "data.sources.procedural",
-    "products": "data.sources.products",
-    "pybullet": "data.sources.pybullet_objects",
-    "flightgear": "data.sources.flightgear",
-    "assimp": "data.sources.assimp_models",
-    "cgal": "data.sources.cgal",
-    "pymeshlab": "data.sources.pymeshlab_meshes",
-    "robosuite": "data.sources.robosuite_objects",
-    "folder": "data.sources.folder",
-    "objaverse": "data.sources.objaverse_source",
+    "procedural": "lrm.data.sources.procedural",
+    "products": "lrm.data.sources.products",
+    "pybullet": "lrm.data.sources.pybullet_objects",
+    "flightgear": "lrm.data.sources.flightgear",
+    "assimp": "lrm.data.sources.assimp_models",
+    "cgal": "lrm.data.sources.cgal",
+    "pymeshlab": "lrm.data.sources.pymeshlab_meshes",
+    "robosuite": "lrm.data.sources.robosuite_objects",
+    "folder": "lrm.data.sources.folder",
+    "objaverse": "lrm.data.sources.objaverse_source",
 }
 
 
