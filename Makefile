@@ -74,7 +74,7 @@ data: install install-data-system
 # The dev evaluation set of package-shipped real objects -> data/eval/dev
 data-eval: install install-data-system
 	$(PIP) install -q -e ".[eval-data]"
-	$(PYTHON) data/build_eval.py --out data/eval/dev
+	$(PYTHON) -m lrm.evaluate.evalset --dev --out data/eval/dev
 
 bench-data: install
 	$(PYTHON) benchmarks/bench_data.py --shards data/shards/default

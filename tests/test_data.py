@@ -427,9 +427,9 @@ def test_corrupt_and_truncated_shards_are_skipped(shardset, tmp_path, caplog):
 # Dev eval set, Objaverse selection, layout converter
 # --------------------------------------------------------------------------------------------------
 def test_eval_set_tiny(tmp_path):
-    from data.build_eval import build_eval
+    from lrm.evaluate.evalset import build_dev_eval_set
 
-    man = build_eval(tmp_path / "ev", num=2, sources="procedural", resolution=48, quiet=True)
+    man = build_dev_eval_set(tmp_path / "ev", num=2, sources="procedural", resolution=48)
     assert len(man["objects"]) == 2 and man["protocol"]["elevations_deg"] == [0.0, 30.0]
     for uid in man["objects"]:
         d = tmp_path / "ev" / uid
@@ -441,7 +441,7 @@ def test_eval_set_tiny(tmp_path):
         gt = trimesh.load(d / "gt_mesh.ply", process=False)
         assert np.isclose(np.ptp(gt.vertices, 0).max(), 1.0, atol=0.3)  # rotated unit object
         rec = json.loads((d / "record.json").read_text())
-        M = np.array(rec["canonical_transform"])
+        M = np.array(rec["canonicalization"])
         assert np.allclose(M[:3, :3] @ M[:3, :3].T, np.eye(3), atol=1e-5)
         # GT vertices (canonical frame) project onto the input view's foreground
         uv, _ = project_points(torch.tensor(gt.vertices, dtype=torch.float32), c2w[0], torch.from_numpy(z["intrinsics"][0]), 48, 48)

@@ -31,8 +31,6 @@ from ..conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG
 from .shards import uid_rng
 
 DEFAULT_SOURCES = "procedural,pybullet,flightgear"
-#: the dev eval set's objects (data/build_eval.py) are held out of training sets by default
-EVAL_SOURCES = ("cgal", "pymeshlab", "assimp")
 
 RENDER_DEFAULTS = dict(
     views=24, resolution=256, fov_deg=CANONICAL_FOV_DEG, distance=CANONICAL_DISTANCE, elevation_range=(-15.0, 45.0),
@@ -152,9 +150,9 @@ def select_objects(args):
         licences[name] = getattr(mod, "LICENCE", "per object")
         objs.extend(got)
     if args.exclude_eval:
-        from data.build_eval import eval_uids
+        from .sources import dev_eval_uids  # the dev evaluation set's objects are held out by default
 
-        held = eval_uids()
+        held = dev_eval_uids()
         objs = [o for o in objs if o.uid not in held]
     seen, uniq = set(), []
     for o in objs:

@@ -23,7 +23,7 @@ MESH_SUFFIXES_SRC = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 #: root: ``data/cache``, git-ignored); ``$LRM_DATA_CACHE`` overrides
 DEFAULT_CACHE = Path("data") / "cache"
 
-#: name -> module (under lrm.data.sources) for ``--sources``; ``real`` sources are used for the dev eval set.
+#: name -> module (under lrm.data.sources) for ``--sources``.
 SOURCE_MODULES: Dict[str, str] = {
     "procedural": "lrm.data.sources.procedural",
     "products": "lrm.data.sources.products",
@@ -54,6 +54,47 @@ def get_source(name: str):
     if name not in SOURCE_MODULES:
         raise KeyError(f"unknown source {name!r}; known: {', '.join(SOURCE_MODULES)}")
     return importlib.import_module(SOURCE_MODULES[name])
+
+
+#: the sources of the dev evaluation set (package-shipped real objects, docs/evaluation.md "Evaluation sets");
+#: their objects are held out of training sets (``lrm-build-data --include-eval`` keeps them)
+DEV_EVAL_SOURCES = ("pybullet", "pymeshlab", "assimp", "cgal")
+
+
+def dev_eval_objects(num: Optional[int] = None, sources=DEV_EVAL_SOURCES, log=None) -> List[SourceObject]:
+    """The dev evaluation set's objects: pybullet's textured objects, pymeshlab's test meshes, the curated assimp
+    test models and CGAL scans (a source whose package is absent is skipped, with a line to ``log``)."""
+    names = [s.strip() for s in sources.split(",")] if isinstance(sources, str) else list(sources)
+    out: List[SourceObject] = []
+    for name in filter(None, names):
+        mod = get_source(name)
+        ok, why = mod.available()
+        if not ok:
+            if log:
+                log(f"source {name!r} unavailable ({why}); skipped")
+            continue
+        if name == "pybullet":
+            out.extend(mod.objects(random_shapes=False, only=mod.TEXTURED))
+        elif name == "procedural":
+            out.extend(mod.objects(num=num or 4, seed=12345))
+        else:
+            out.extend(mod.objects())
+    return out[:num] if num is not None else out
+
+
+def dev_eval_uids() -> set:
+    """uids of the dev evaluation set (held out of training sets)."""
+    return {o.uid for o in dev_eval_objects()}
+
+
+def package_dir(package: str) -> Optional[Path]:
+    """The folder of an installed package, found without importing it (None when it is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def safe_uid(*parts: str) -> str:
