@@ -42,9 +42,9 @@ def _to4(m: np.ndarray) -> np.ndarray:
     return m
 
 
-def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
-    """A stored pose -> our OpenCV camera-to-world."""
-    m = _to4(pose)
+def _convert(m: np.ndarray, convention: str) -> np.ndarray:
+    """Each convention's map is its own inverse (flip camera y and z; identity; matrix inverse), so one function
+    goes both ways between a stored pose and our OpenCV camera-to-world."""
     if convention == "c2w_opengl":
         return m @ _FLIP
     if convention == "c2w_opencv":
@@ -54,15 +54,15 @@ def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
     raise ValueError(f"unknown pose convention {convention!r}; one of {CONVENTIONS}")
 
 
+def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
+    """A stored pose -> our OpenCV camera-to-world."""
+    return _convert(_to4(pose), convention)
+
+
 def c2w_to_pose(c2w: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
-    m = _to4(c2w)
-    if convention == "c2w_opengl":
-        return m @ _FLIP
-    if convention == "c2w_opencv":
-        return m
-    if convention == "w2c_opencv":
-        return np.linalg.inv(m)[:3]
-    raise ValueError(f"unknown pose convention {convention!r}; one of {CONVENTIONS}")
+    """Our OpenCV camera-to-world -> the stored pose (3x4 ``[R|t]`` for ``w2c_opencv``)."""
+    m = _convert(_to4(c2w), convention)
+    return m[:3] if convention == "w2c_opencv" else m
 
 
 def shards_to_folders(path, out, convention: str = "c2w_opengl", split: Optional[str] = None) -> int:

@@ -97,6 +97,11 @@ def package_dir(package: str) -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def folder_available(folder: Optional[Path], how: str = ""):
+    """``available()`` of a source whose meshes sit in one folder: (whether it exists, how to install it)."""
+    return (folder is not None and folder.is_dir()), how
+
+
 def safe_uid(*parts: str) -> str:
     """A uid usable as a webdataset key and folder name: [A-Za-z0-9_-] only (no dots)."""
     s = "-".join(parts)

@@ -2,11 +2,10 @@
 bunny (10 k faces), cow, airplane, vertex-coloured airplane PLY, bone. Licence: GPL-3.0 (pymeshlab)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Iterator, Optional
 
-from . import SourceObject, file_loader, safe_uid
+from . import SourceObject, file_loader, folder_available, limit, package_dir, safe_uid
 
 NAME = "pymeshlab"
 LICENCE = "GPL-3.0 (pymeshlab)"
@@ -15,25 +14,16 @@ FILES = (("bunny10k_textured.obj", "y"), ("cow.obj", "z"), ("airplane.obj", "z")
 
 
 def root() -> Optional[Path]:
-    spec = importlib.util.find_spec("pymeshlab")  # without importing its Qt/C++ libraries
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "tests" / "sample_meshes"
+    d = package_dir("pymeshlab")  # without importing its Qt/C++ libraries
+    return d / "tests" / "sample_meshes" if d else None
 
 
 def available():
-    r = root()
-    return (r is not None and r.is_dir()), "pip install pymeshlab"
+    return folder_available(root(), "pip install pymeshlab")
 
 
 def objects(num: Optional[int] = None, **_) -> Iterator[SourceObject]:
     r = root()
-    if r is None or not r.is_dir():
-        return
-    n = 0
-    for name, up in FILES:
-        if (r / name).is_file():
-            if num is not None and n >= num:
-                return
-            n += 1
-            yield SourceObject(safe_uid("pml", Path(name).stem), NAME, LICENCE, file_loader(r / name, None, up), {"file": name})
+    if folder_available(r)[0]:
+        yield from limit((SourceObject(safe_uid("pml", Path(name).stem), NAME, LICENCE, file_loader(r / name, None, up),
+                                       {"file": name}) for name, up in FILES if (r / name).is_file()), num)
