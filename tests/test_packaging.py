@@ -70,3 +70,15 @@ def test_every_module_imports_without_transformers_or_diffusers():
         "print(len(bad)); print(*bad, sep='\\n')\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split("\n")[0] == "0", r.stdout
+
+
+def test_console_scripts_resolve_in_a_core_install():
+    """Every [project.scripts] entry names a callable in the installed package (lrm-train, lrm-build-data,
+    lrm-build-evalset, lrm-evaluate, ...), importable without the optional extras."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"lrm-train", "lrm-build-data", "lrm-build-evalset", "lrm-evaluate"} <= set(scripts)
+    code = "import importlib\n" + "".join(
+        f"m, _, f = {target!r}.partition(':'); assert callable(getattr(importlib.import_module(m), f)), {name!r}\n"
+        for name, target in scripts.items()) + "print('ok')\n"
+    r = _core_only(code)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
