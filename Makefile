@@ -69,12 +69,12 @@ install-data-system: install-system
 
 # The default training set (docs/data.md): ~2,100 objects x 24 views at 256^2 -> data/shards/default
 data: install install-data-system
-	$(PYTHON) data/build.py --out data/shards/default
+	$(PYTHON) -m lrm.data.build --out data/shards/default
 
 # The dev evaluation set of package-shipped real objects -> data/eval/dev
 data-eval: install install-data-system
 	$(PIP) install -q -e ".[eval-data]"
-	$(PYTHON) data/build_eval.py --out data/eval/dev
+	$(PYTHON) -m lrm.evaluate.evalset --dev --out data/eval/dev
 
 bench-data: install
 	$(PYTHON) benchmarks/bench_data.py --shards data/shards/default

@@ -69,7 +69,7 @@ def bench_step(batch, rays, n_steps):
 
 
 def bench_build(n, workers, views, res):
-    from data.build import build, parse_args
+    from lrm.data.build import build, parse_args
 
     with tempfile.TemporaryDirectory() as tmp:
         args = parse_args(["--sources", "procedural,pybullet", "--num", str(n), "--out", tmp, "--views", str(views),

@@ -38,8 +38,8 @@ def run_one(name: str, res: int, dtype: str) -> dict:
         t = time.perf_counter()
         tri = model(img)
         fwd = time.perf_counter() - t
-        c2w = C.orbit_camera(30.0, 20.0, 2.0)[None, None]
-        intr = C.intrinsics_from_fov(40.0)[None, None]
+        c2w = C.orbit_camera(30.0, 20.0, C.CANONICAL_DISTANCE)[None, None]
+        intr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG)[None, None]
         t = time.perf_counter()
         model.render(tri.float(), c2w, intr, resolution=res)
         rend = time.perf_counter() - t

@@ -51,8 +51,8 @@ def protocol_cameras(resolution_views=16):
     az = torch.arange(8) * 45.0
     el = torch.tensor([0.0, 30.0])
     a, e = torch.meshgrid(az, el, indexing="ij")
-    c2w = C.orbit_camera(a.reshape(-1), e.reshape(-1), 2.0)
-    return c2w[None], C.intrinsics_from_fov(40.0).expand(1, len(c2w), 4)
+    c2w = C.orbit_camera(a.reshape(-1), e.reshape(-1), C.CANONICAL_DISTANCE)
+    return c2w[None], C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, len(c2w), 4)
 
 
 def render_views(model, tri, c2w, intr, res, occupancy):
@@ -87,14 +87,14 @@ def bench_views(pipe, tri, views=True, protocol=True):
                         f"PSNR {psnr(old[0], new[0]):.1f} dB"))
     if not views:
         return rows
-    c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
-    intr = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
+    c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), C.CANONICAL_DISTANCE)[None]
+    intr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, 1, 4)
     old = timed(lambda: render_views(model, tri, c2w, intr, 256, False))
     new = timed(lambda: render_views(model, tri, c2w, intr, 256, None))  # auto: grid built in the call
     rows.append(row("one 256² view (grid built in the call)", old, new, ">= 5x", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
     n, res = pipe.opts["video_frames"], pipe.opts["video_resolution"]
-    tc2w = C.orbit_cameras(n, pipe.opts["video_elevation"], 2.0)[None]
-    tintr = C.intrinsics_from_fov(40.0).expand(1, n, 4)
+    tc2w = C.orbit_cameras(n, pipe.opts["video_elevation"], C.CANONICAL_DISTANCE)[None]
+    tintr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, n, 4)
     old = timed(lambda: render_views(model, tri, tc2w, tintr, res, False))
     new = timed(lambda: render_views(model, tri, tc2w, tintr, res, "once"))
     rows.append(row(f"turntable {n} frames at {res}²", old, new, "", f"PSNR {psnr(old[0], new[0]):.1f} dB"))

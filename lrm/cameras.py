@@ -18,11 +18,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+# Defaults from docs/conventions.md (config values elsewhere; these are only the fallbacks). They live in the
+# torch-free lrm/conventions.py so lrm/config.py reads the same numbers.
+from .conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS  # noqa: F401
+
 Tensor = torch.Tensor
 
-#: Defaults from docs/conventions.md (config values elsewhere; these are only the fallbacks).
-CANONICAL_DISTANCE = 2.0
-CANONICAL_FOV_DEG = 40.0
 WORLD_UP = (0.0, 0.0, 1.0)
 
 # OpenGL camera axes (x right, y up, z backward) <-> OpenCV axes (x right, y down, z forward).

@@ -13,6 +13,8 @@ from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS
+
 
 @dataclass
 class EncoderConfig:
@@ -94,7 +96,7 @@ class DecoderConfig:
 class RenderConfig:
     """Volume renderer (lrm/render/volume.py)."""
 
-    radius: float = 0.87  # triplane cube half-size R
+    radius: float = CUBE_RADIUS  # triplane cube half-size R
     box_margin: float = 0.0  # rays are clipped to the cube of half-size R * (1 - box_margin)
     min_ray_length: float = 0.0  # rays whose segment inside the cube is not longer than this are empty
     n_samples: int = 48
@@ -125,8 +127,8 @@ class ModelConfig:
 
 @dataclass
 class CameraDefaults:
-    distance: float = 2.0
-    fov_deg: float = 40.0
+    distance: float = CANONICAL_DISTANCE
+    fov_deg: float = CANONICAL_FOV_DEG
     foreground_ratio: float = 0.85
 
 

@@ -30,7 +30,7 @@ VIEWS = 6
 
 
 def _build(out, sources="procedural", num=6, extra=()):
-    from data.build import build, parse_args
+    from lrm.data.build import build, parse_args
 
     args = parse_args(["--sources", sources, "--num", str(num), "--out", str(out), "--views", str(VIEWS),
                        "--resolution", str(RES), "--workers", "1", "--quiet", "--shard-size", "3",
@@ -47,7 +47,7 @@ def shardset(tmp_path_factory):
 
 
 def _proc_parts(uid):
-    from data.sources import procedural
+    from lrm.data.sources import procedural
 
     seed, idx = (int(x) for x in uid.split("-")[1:])
     return normalize_parts(procedural.make_object(seed, idx))[0]
@@ -130,7 +130,7 @@ def test_textures_and_vertex_colours_render():
     r = render_mesh(m, orbit_camera(0.0, 0.0, 2.0)[None], intrinsics_from_fov(40.0)[None], 32, ambient=1.0)
     c = r["rgba"][0][r["rgba"][0, ..., 3] > 0.99][:, :3].mean(0)
     assert c[0] > 0.95 and c[1] < 0.05 and c[2] < 0.05
-    from data.sources.textures import box_project_uv
+    from lrm.data.sources.textures import box_project_uv
     from PIL import Image
 
     tm, uv = box_project_uv(trimesh.creation.box((0.5, 0.5, 0.5)), 1.0)
@@ -245,7 +245,7 @@ def test_orphan_shard_from_a_crash_is_set_aside(tmp_path):
 def test_progress_records_precede_the_shard_rename(tmp_path, monkeypatch):
     """Crash right after the progress records, before the rename: those records name a missing shard, are
     ignored on restart (objects redone), and their run number is never reused."""
-    import data.build as b
+    import lrm.data.build as b
     from lrm.data import read_samples
 
     real = os.replace
@@ -427,9 +427,9 @@ def test_corrupt_and_truncated_shards_are_skipped(shardset, tmp_path, caplog):
 # Dev eval set, Objaverse selection, layout converter
 # --------------------------------------------------------------------------------------------------
 def test_eval_set_tiny(tmp_path):
-    from data.build_eval import build_eval
+    from lrm.evaluate.evalset import build_dev_eval_set
 
-    man = build_eval(tmp_path / "ev", num=2, sources="procedural", resolution=48, quiet=True)
+    man = build_dev_eval_set(tmp_path / "ev", num=2, sources="procedural", resolution=48)
     assert len(man["objects"]) == 2 and man["protocol"]["elevations_deg"] == [0.0, 30.0]
     for uid in man["objects"]:
         d = tmp_path / "ev" / uid
@@ -441,7 +441,7 @@ def test_eval_set_tiny(tmp_path):
         gt = trimesh.load(d / "gt_mesh.ply", process=False)
         assert np.isclose(np.ptp(gt.vertices, 0).max(), 1.0, atol=0.3)  # rotated unit object
         rec = json.loads((d / "record.json").read_text())
-        M = np.array(rec["canonical_transform"])
+        M = np.array(rec["canonicalization"])
         assert np.allclose(M[:3, :3] @ M[:3, :3].T, np.eye(3), atol=1e-5)
         # GT vertices (canonical frame) project onto the input view's foreground
         uv, _ = project_points(torch.tensor(gt.vertices, dtype=torch.float32), c2w[0], torch.from_numpy(z["intrinsics"][0]), 48, 48)
@@ -460,7 +460,7 @@ def test_eval_set_tiny(tmp_path):
 
 
 def test_objaverse_selection_offline(tmp_path):
-    from data import objaverse as ov
+    from lrm.data.sources import objaverse_catalog as ov
 
     ann = {f"{i:032x}": {"license": lic, "name": f"o{i}"} for i, lic in enumerate(["by", "by-nc", "cc0", "by-sa", "by"] * 4)}
     lvis = {"mug": [f"{i:032x}" for i in (0, 1, 2)], "chair": [f"{i:032x}" for i in (3, 4, 99)]}
@@ -480,7 +480,7 @@ def test_objaverse_selection_offline(tmp_path):
 
 
 def test_objaverse_download_fails_clearly_offline(monkeypatch):
-    from data import objaverse as ov
+    from lrm.data.sources import objaverse_catalog as ov
 
     class Fake:
         @staticmethod
@@ -516,7 +516,7 @@ def test_layout_converter_roundtrip(shardset, tmp_path):
 
 
 def test_sources_offline_interfaces():
-    from data.sources import SOURCE_MODULES, get_source
+    from lrm.data.sources import SOURCE_MODULES, get_source
 
     for name in SOURCE_MODULES:
         mod = get_source(name)

@@ -14,8 +14,8 @@ from lrm.data.mesh import normalize_parts  # noqa: E402
 
 
 def test_blender_matches_gl():
-    from data.render import blender
-    from data.sources import procedural
+    from lrm.data import render_blender as blender
+    from lrm.data.sources import procedural
     from lrm.data.render_gl import render_mesh as gl_render
 
     parts, _ = normalize_parts(procedural.make_object(0, 3))

@@ -184,6 +184,29 @@ def test_eval_object_round_trip(tmp_path):
     assert tuple(o.gt_mesh.visual.vertex_colors[0][:3]) == (10, 200, 30)
 
 
+def test_sets_of_the_former_real_object_builder_read_with_todays_record_keys(tmp_path):
+    """data/eval/dev was written by the former data/build_eval.py with other record keys; the reader maps them, so
+    e.g. the bbox oracle finds the object's canonicalisation there too (it silently used the identity before)."""
+    from lrm.evaluate.methods import RunContext, make_method
+
+    mesh = trimesh.creation.box((0.6, 0.2, 0.3))
+    M = np.eye(4)
+    M[:3, :3] = trimesh.transformations.rotation_matrix(np.radians(40), [0, 0, 1])[:3, :3]
+    canon = mesh.copy()
+    canon.apply_transform(M)
+    c2w, intr = protocol_cameras((0.0,), 90.0)
+    rgba = np.full((4, 8, 8, 4), 255, np.uint8)
+    write_eval_object(tmp_path, "old", canon, rgba, c2w, intr, [0], [1, 2, 3],
+                      {"canonical_transform": M.tolist(), "input_azimuth_world": 12.5, "input_elevation_world": 3.0})
+    o = load_eval_set(tmp_path).load("old")
+    np.testing.assert_allclose(o.record["canonicalization"], M)
+    assert o.record["input_azimuth_deg"] == 12.5 and o.record["input_elevation_deg"] == 3.0
+    assert "canonical_transform" not in o.record
+    # the oracle box of the rotated box is the rotated box itself (an identity canonicalisation would give its AABB)
+    box = make_method("bbox").predict(o, RunContext(protocol=dict(load_eval_set(tmp_path).protocol))).mesh
+    np.testing.assert_allclose(box.volume, mesh.volume, rtol=1e-6)
+
+
 def test_builder_extra_input_views_are_orbit_cameras(tmp_path):
     from lrm.evaluate.evalset import DEFAULT_PROTOCOL, build_eval_set
 

@@ -51,3 +51,34 @@ def test_core_only_simulation_hides_every_extra():
         assert module_of.get(pkg, pkg) in blocked, pkg
     r = _core_only("import moderngl")
     assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr
+
+
+def test_every_module_imports_without_transformers_or_diffusers():
+    """transformers (a test reference, in `dev`) and diffusers (the `diffusion` extra) are not core dependencies,
+    so every lrm module must import without them (they may only be imported lazily, inside functions)."""
+    core, _ = _deps()
+    assert not any(d.startswith(("transformers", "diffusers")) for d in core)
+    r = _core_only(
+        "import importlib, pkgutil, sys\n"
+        "sys.modules['transformers'] = None; sys.modules['diffusers'] = None\n"
+        "import lrm\n"
+        "bad = []\n"
+        "for m in pkgutil.walk_packages(lrm.__path__, 'lrm.'):\n"
+        "    if m.name.endswith('__main__'): continue\n"
+        "    try: importlib.import_module(m.name)\n"
+        "    except Exception as e: bad.append(f'{m.name}: {type(e).__name__}: {e}')\n"
+        "print(len(bad)); print(*bad, sep='\\n')\n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[0] == "0", r.stdout
+
+
+def test_console_scripts_resolve_in_a_core_install():
+    """Every [project.scripts] entry names a callable in the installed package (lrm-train, lrm-build-data,
+    lrm-build-evalset, lrm-evaluate, ...), importable without the optional extras."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"lrm-train", "lrm-build-data", "lrm-build-evalset", "lrm-evaluate"} <= set(scripts)
+    code = "import importlib\n" + "".join(
+        f"m, _, f = {target!r}.partition(':'); assert callable(getattr(importlib.import_module(m), f)), {name!r}\n"
+        for name, target in scripts.items()) + "print('ok')\n"
+    r = _core_only(code)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -174,7 +174,7 @@ def pointset(tmp_path_factory):
     pytest.importorskip("webdataset")
     if not _gl_ok():
         pytest.skip("no headless EGL/OpenGL context (make install-system)")
-    from data.build import build, parse_args
+    from lrm.data.build import build, parse_args
 
     out = tmp_path_factory.mktemp("pointshards")
     build(parse_args(["--sources", "procedural", "--num", "4", "--procedural-num", "4", "--out", str(out),
@@ -254,7 +254,7 @@ def test_training_with_3d_supervision_lowers_the_occupancy_loss(pointset, tmp_pa
 
 @needs_gl
 def test_missing_points_give_one_clear_error(tmp_path):
-    from data.build import build, parse_args
+    from lrm.data.build import build, parse_args
     from lrm.data import make_loader
 
     out = tmp_path / "nopoints"
@@ -271,7 +271,7 @@ def test_missing_points_give_one_clear_error(tmp_path):
 def test_add_points_pass_over_old_shards(tmp_path):
     """Shards built without points get them from --add-points: same labels as a build with points, the
     other members untouched, and a second pass changes nothing."""
-    from data.build import add_points, build, parse_args
+    from lrm.data.build import add_points, build, parse_args
     from lrm.data.shards import iter_raw
 
     common = ["--sources", "procedural", "--num", "3", "--procedural-num", "3", "--views", "4", "--resolution", "32",

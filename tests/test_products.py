@@ -1,4 +1,4 @@
-"""The `products` mesh source (data/sources/products.py): household products with photo labels.
+"""The `products` mesh source (lrm/data/sources/products.py): household products with photo labels.
 Deterministic, valid for the renderer, labels visible in renders, open bowls, and a tiny build."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 pytest.importorskip("moderngl")
 pytest.importorskip("webdataset")
 
-from data.sources import get_source  # noqa: E402
+from lrm.data.sources import get_source  # noqa: E402
 from lrm.data.mesh import normalize_parts, validate  # noqa: E402
 
 P = get_source("products")
@@ -145,7 +145,7 @@ def test_labelled_can_shows_its_label():
 
 @needs_gl
 def test_build_four_products(tmp_path):
-    from data.build import build, parse_args
+    from lrm.data.build import build, parse_args
 
     out = tmp_path / "shards"
     man = build(parse_args(["--sources", "products", "--num", "4", "--resolution", "64", "--views", "4",

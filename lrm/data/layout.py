@@ -12,6 +12,11 @@ alternatives are ``c2w_opencv`` (our own convention) and ``w2c_opencv`` (3x4 ``[
 OpenCV axes, as written by Zero123-style scripts). Intrinsics default to a ``fov_deg`` (vertical) pinhole
 centred camera when no ``intrinsics.npy`` is present. Objects in such dumps are normalised by their own
 rules; ``scale`` multiplies camera positions so the object matches ours (longest side 1.0) when known.
+
+Command line (``python -m lrm.data.layout``)::
+
+    python -m lrm.data.layout to-folders   data/shards/default /tmp/dump [--convention c2w_opengl]
+    python -m lrm.data.layout from-folders /path/to/dump data/shards/imported [--convention ...] [--fov 40]
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..conventions import CANONICAL_FOV_DEG
 from .shards import decode_png, encode_sample, list_shards, npy_bytes  # noqa: F401
 
 CONVENTIONS = ("c2w_opengl", "c2w_opencv", "w2c_opencv")
@@ -36,9 +42,9 @@ def _to4(m: np.ndarray) -> np.ndarray:
     return m
 
 
-def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
-    """A stored pose -> our OpenCV camera-to-world."""
-    m = _to4(pose)
+def _convert(m: np.ndarray, convention: str) -> np.ndarray:
+    """Each convention's map is its own inverse (flip camera y and z; identity; matrix inverse), so one function
+    goes both ways between a stored pose and our OpenCV camera-to-world."""
     if convention == "c2w_opengl":
         return m @ _FLIP
     if convention == "c2w_opencv":
@@ -48,15 +54,15 @@ def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
     raise ValueError(f"unknown pose convention {convention!r}; one of {CONVENTIONS}")
 
 
+def pose_to_c2w(pose: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
+    """A stored pose -> our OpenCV camera-to-world."""
+    return _convert(_to4(pose), convention)
+
+
 def c2w_to_pose(c2w: np.ndarray, convention: str = "c2w_opengl") -> np.ndarray:
-    m = _to4(c2w)
-    if convention == "c2w_opengl":
-        return m @ _FLIP
-    if convention == "c2w_opencv":
-        return m
-    if convention == "w2c_opencv":
-        return np.linalg.inv(m)[:3]
-    raise ValueError(f"unknown pose convention {convention!r}; one of {CONVENTIONS}")
+    """Our OpenCV camera-to-world -> the stored pose (3x4 ``[R|t]`` for ``w2c_opencv``)."""
+    m = _convert(_to4(c2w), convention)
+    return m[:3] if convention == "w2c_opencv" else m
 
 
 def shards_to_folders(path, out, convention: str = "c2w_opengl", split: Optional[str] = None) -> int:
@@ -79,7 +85,7 @@ def shards_to_folders(path, out, convention: str = "c2w_opengl", split: Optional
     return n
 
 
-def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float = 40.0, scale: float = 1.0,
+def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float = CANONICAL_FOV_DEG, scale: float = 1.0,
                       shard_size: int = 64, val_fraction: float = 0.02, licence: str = "unknown (render dump)") -> dict:
     """Pack a folder-per-object render dump into our shards + manifest (no re-rendering)."""
     import webdataset as wds
@@ -127,3 +133,27 @@ def folders_to_shards(root, out, convention: str = "c2w_opengl", fov_deg: float 
            "skipped": skipped, "imported_from": str(root), "pose_convention": convention}
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     return man
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lrm.data.layout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("direction", choices=["to-folders", "from-folders"])
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--convention", default="c2w_opengl", choices=CONVENTIONS)
+    p.add_argument("--fov", type=float, default=CANONICAL_FOV_DEG, help="vertical FoV when a folder has no intrinsics.npy")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply camera positions (dump units -> ours)")
+    p.add_argument("--split", default=None)
+    a = p.parse_args(argv)
+    if a.direction == "to-folders":
+        print(shards_to_folders(a.src, a.dst, a.convention, a.split), "objects written")
+    else:
+        m = folders_to_shards(a.src, a.dst, a.convention, a.fov, a.scale)
+        print(m["counts"], "skipped:", len(m["skipped"]))
+
+
+if __name__ == "__main__":
+    main()

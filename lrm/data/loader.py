@@ -165,7 +165,7 @@ def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random
     if missing:
         raise MissingMembersError(
             f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no 3D points ({missing[0]}): a loss "
-            "needs them. Add them with `python data/build.py --add-points --out DIR` or set the occupancy/"
+            "needs them. Add them with `lrm-build-data --add-points --out DIR` or set the occupancy/"
             "surface-colour loss weights to 0")
     R, t = M[:3, :3], M[:3, 3]
     out = {}
@@ -192,7 +192,7 @@ def _depth_maps(sample: dict, idx, head: dict, size: int, alpha: torch.Tensor) -
     key = f"{idx[0]:03d}.depth.png"
     if key not in sample:
         raise MissingMembersError(f"sample {sample.get('__key__')} ({sample.get('__url__', '?')}) has no depth "
-                                  "maps: the depth loss needs shards built with depth (data/build.py default)")
+                                  "maps: the depth loss needs shards built with depth (lrm-build-data default)")
     d = torch.from_numpy(ray_distance(decode_depth(sample, idx, head["record"]), head["intrinsics"][idx]))
     x = torch.stack([d * alpha, alpha], 1)  # alpha: [V, H, W] straight, full resolution
     if x.shape[-1] != size:

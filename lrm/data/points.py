@@ -1,6 +1,6 @@
 """3D supervision from the meshes we render: occupancy-labelled points and coloured surface samples.
 
-Stored per object at build time (``data/build.py``, or ``--add-points`` over existing shards), in the
+Stored per object at build time (``lrm-build-data``, or ``--add-points`` over existing shards), in the
 object's normalised world frame (the frame of the shard's cameras):
 
     points.npy       float16 [N, 3]  uniform in the ball of radius ``BALL_RADIUS`` (inside the triplane cube
@@ -20,7 +20,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import trimesh
 
-BALL_RADIUS = 0.866  # normalised objects fit in [-0.5, 0.5]^3, whose corners lie at sqrt(3)/2
+from ..conventions import OBJECT_BALL_RADIUS
+
+BALL_RADIUS = OBJECT_BALL_RADIUS  # normalised objects fit in [-0.5, 0.5]^3, whose corners lie at sqrt(3)/2
 NEAR_SCALES = (0.005, 0.02, 0.06)  # std of the Gaussian offsets from the surface (longest side = 1)
 POINT_KEYS = ("points.npy", "occupancy.npy", "surface.npy", "surface_rgb.npy")
 

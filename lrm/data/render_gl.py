@@ -350,9 +350,4 @@ def render_mesh(
             vbo.release()
             if tex is not None:
                 tex.release()
-    out = {"rgba": rgba}
-    if depth:
-        out["depth"] = dep
-    if normals:
-        out["normals"] = nrm
-    return out
+    return {k: v for k, v in (("rgba", rgba), ("depth", dep), ("normals", nrm)) if v is not None}

@@ -17,7 +17,7 @@ Not available yet: lrm+sds, sds, mv+lrm. Examples:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lrm-evaluate", description=__doc__, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--eval-set", required=True, help="evaluation-set folder, or 'dev' for the default dev set")
+    ap.add_argument("--eval-set", required=True, help="evaluation-set folder (e.g. data/eval/dev), or 'smoke' for the small built-in set")
     ap.add_argument("--method", required=True, help="NAME[,NAME...]; NAME may carry an argument: meshes:DIR, lrm:CKPT")
     ap.add_argument("--out", default=None, help="output folder (default runs/eval/<eval set name>)")
     ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
@@ -84,8 +84,6 @@ def _run(args) -> int:
         variants = expand_variants(specs, set_params, sweeps)
     except MethodError as e:
         return fail(str(e))
-    if str(args.eval_set) != "dev" and not Path(args.eval_set).exists():
-        return fail(f"evaluation set not found: {args.eval_set}")
     try:
         es = resolve_eval_set(args.eval_set)
     except EvalSetError as e:

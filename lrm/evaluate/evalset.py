@@ -12,9 +12,13 @@ Everything is in the canonical frame: the (first) input camera is the orbit came
 distance 2.0. The protocol's novel views (:func:`protocol_cameras`) are orbit cameras in that frame: 16 views at
 256², elevations {0°, 30°}, azimuths every 45° starting at the input view, vertical FoV 40°.
 
-:func:`build_eval_set` makes one from any mesh source with a fixed seed (normalise, pick the input camera,
-canonicalise, render); ``python -m lrm.evaluate.evalset --meshes DIR --out ROOT`` is its command line, and
-``dev`` (:func:`dev_eval_set`) is the small default set used by CI and the docs.
+:func:`build_eval_object` is the one builder of evaluation objects (normalise, draw the input camera from the uid,
+canonicalise, render, write); :func:`build_eval_set` runs it over ``{uid: mesh}``. Two sets have names:
+
+* **dev** — package-shipped real objects (:func:`build_dev_eval_set`, ``make data-eval`` -> ``data/eval/dev``);
+* **smoke** — 2-4 small objects built on first use in the cache (:func:`smoke_eval_set`, ``--eval-set smoke``).
+
+``lrm-build-evalset`` (``python -m lrm.evaluate.evalset``) is the command line: ``--meshes DIR | --dev | --smoke``.
 """
 from __future__ import annotations
 
@@ -29,21 +33,24 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS
+
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".off", ".stl")
 DEFAULT_PROTOCOL = {
     "n_views": 16,
     "resolution": 256,
     "elevations_deg": [0.0, 30.0],
     "azimuth_step_deg": 45.0,
-    "distance": 2.0,
-    "fov_deg": 40.0,
+    "distance": CANONICAL_DISTANCE,
+    "fov_deg": CANONICAL_FOV_DEG,
     "input_resolution": 256,
     "background": [1.0, 1.0, 1.0],
     "n_surface_samples": 10000,
     "fscore_taus": [0.02, 0.05, 0.1],
     "iou_resolution": 64,
-    "radius": 0.87,
+    "radius": CUBE_RADIUS,
     "sample_seed": 0,
+    "input_elevation_range_deg": [0.0, 30.0],  # the input view's elevation is drawn uniformly in this range
     "extra_input_views_deg": [],  # [[azimuth, elevation], ...] more input views (multi-view methods)
     "shading_ambient": 0.5,  # mesh renders: albedo * (ambient + (1 - ambient) |n.v|), see lrm/evaluate/raster.py
 }
@@ -51,7 +58,7 @@ DEFAULT_PROTOCOL = {
 
 # ------------------------------------------------------------------------------------------ cameras
 def protocol_cameras(elevations_deg: Sequence[float] = (0.0, 30.0), azimuth_step_deg: float = 45.0,
-                     distance: float = 2.0, fov_deg: float = 40.0) -> Tuple[np.ndarray, np.ndarray]:
+                     distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG) -> Tuple[np.ndarray, np.ndarray]:
     """Novel-view cameras of the protocol in the canonical frame (input view = azimuth 0, elevation 0):
     c2w [V, 4, 4] and normalised intrinsics [V, 4], elevation-major, azimuth growing from 0."""
     import torch
@@ -66,13 +73,18 @@ def protocol_cameras(elevations_deg: Sequence[float] = (0.0, 30.0), azimuth_step
     return c2w.numpy().astype(np.float32), intr.numpy().astype(np.float32)
 
 
-def input_camera(distance: float = 2.0, fov_deg: float = 40.0) -> Tuple[np.ndarray, np.ndarray]:
+def input_camera(distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG) -> Tuple[np.ndarray, np.ndarray]:
     """The canonical input camera (azimuth 0, elevation 0): c2w [4, 4], intrinsics [4]."""
     c2w, intr = protocol_cameras((0.0,), 360.0, distance, fov_deg)
     return c2w[0], intr[0]
 
 
 # ------------------------------------------------------------------------------------------ reader
+#: record keys of sets built before the two builders were merged -> today's names
+LEGACY_RECORD_KEYS = {"canonical_transform": "canonicalization", "input_azimuth_world": "input_azimuth_deg",
+                      "input_elevation_world": "input_elevation_deg"}
+
+
 @dataclass
 class EvalObject:
     uid: str
@@ -122,6 +134,9 @@ class EvalSet:
         with np.load(d / "views.npz") as z:
             arrays = {k: z[k] for k in z.files}
         record = json.loads((d / "record.json").read_text()) if (d / "record.json").is_file() else {}
+        for old, new in LEGACY_RECORD_KEYS.items():  # sets written by the former data/build_eval.py
+            if old in record and new not in record:
+                record[new] = record.pop(old)
         return EvalObject(uid, d, arrays["rgba"], arrays["c2w"].astype(np.float32),
                           arrays["intrinsics"].astype(np.float32), np.asarray(arrays["input_indices"], int),
                           np.asarray(arrays["novel_indices"], int), record)
@@ -219,51 +234,81 @@ def in_split(uid: str, split: str, val_fraction: float = 0.1) -> bool:
     return is_val if split == "val" else (not is_val if split == "train" else True)
 
 
-def prepare_object(mesh, seed: int, elevation_range: Tuple[float, float] = (0.0, 30.0),
-                   distance: float = 2.0):
-    """Normalise ``mesh`` (bbox centre -> origin, longest side 1), draw the input view's orbit camera from
-    ``seed`` (azimuth uniform, elevation uniform in ``elevation_range``) and move the mesh into that camera's
-    canonical frame (``lrm.cameras.canonicalize``). Returns (canonical mesh, record dict)."""
+def object_rng(uid: str, seed: int = 0) -> np.random.Generator:
+    """The generator that draws an object's input view: seeded by its uid (and ``seed`` when it is not 0), so an
+    object's views do not depend on the other objects of its set or their order."""
+    from ..data.shards import uid_rng
+
+    return uid_rng(uid, "eval-input" if seed == 0 else f"eval-input:{seed}")
+
+
+def prepare_object(mesh, rng, elevation_range: Sequence[float] = (0.0, 30.0), distance: float = CANONICAL_DISTANCE):
+    """Normalise ``mesh`` (a trimesh or a list of parts; bbox centre -> origin, longest side 1, rejecting broken
+    meshes with ``lrm.data.mesh.MeshError``), draw the input view's orbit camera from ``rng`` (a generator or an
+    int seed; azimuth uniform in [0, 360), elevation uniform in ``elevation_range``) and move the parts into that
+    camera's canonical frame (``lrm.cameras.canonicalize``). Returns (canonical parts, record dict)."""
     import torch
 
     from .. import cameras as cam
-    from .align import normalize_mesh
+    from ..data.mesh import normalize_parts, transform_parts
 
-    norm_mesh, N = normalize_mesh(mesh)
-    rng = np.random.default_rng(seed)
+    parts, N = normalize_parts(list(mesh) if isinstance(mesh, (list, tuple)) else [mesh])
+    rng = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
     az, el = float(rng.uniform(0, 360)), float(rng.uniform(*elevation_range))
-    c2w_in = cam.orbit_camera(torch.tensor(az, dtype=torch.float64), torch.tensor(el, dtype=torch.float64),
-                              torch.tensor(distance, dtype=torch.float64))
+    f64 = dict(dtype=torch.float64)
+    c2w_in = cam.orbit_camera(torch.tensor(az, **f64), torch.tensor(el, **f64), torch.tensor(distance, **f64))
     _, M = cam.canonicalize(c2w_in[None], distance)
     M = M.numpy()
-    canon = norm_mesh.copy()
-    canon.apply_transform(M)
-    return canon, {"normalization": N.tolist(), "canonicalization": M.tolist(),
-                   "input_azimuth_deg": az, "input_elevation_deg": el, "seed": seed}
+    return transform_parts(parts, M), {"normalization": N.tolist(), "canonicalization": M.tolist(),
+                                       "input_azimuth_deg": az, "input_elevation_deg": el}
 
 
-def build_eval_object(root, uid: str, mesh, seed: int, renderer: Optional[Callable] = None,
-                      protocol: Optional[dict] = None, record: Optional[dict] = None) -> Path:
-    """Normalise + canonicalise ``mesh``, render the input view and the protocol's novel views, write it."""
+def _render(parts, c2w, intr, resolution, renderer, ambient) -> np.ndarray:
+    """RGBA [V, H, W, 4] of the canonical parts: ``"gl"`` = lrm.data.render_gl (textures, the data extra), else
+    the mesh rasteriser of the harness (``renderer``: None or a per-view ``render_mesh``-compatible callable)."""
+    if renderer == "gl":
+        from ..data.render_gl import render_mesh
+
+        return render_mesh(parts, c2w, intr, resolution, samples=4, normals=False, depth=False)["rgba"]
+    from ..data.mesh import to_vertex_colored
     from .raster import render_views
 
+    mesh = parts[0] if len(parts) == 1 else to_vertex_colored(parts)
+    kw = {} if renderer is not None else {"ambient": ambient}
+    return render_views(mesh, c2w, intr, resolution, renderer=renderer, **kw)
+
+
+def build_eval_object(root, uid: str, mesh, seed: int = 0, renderer=None, protocol: Optional[dict] = None,
+                      record: Optional[dict] = None) -> Path:
+    """The one builder of evaluation objects: normalise + canonicalise ``mesh`` (a trimesh or a list of parts) with
+    the input view drawn by :func:`object_rng` (uid, seed), render the input view(s) and the protocol's novel views
+    (``renderer``: see :func:`_render`), write it (:func:`write_eval_object`). Raises ``MeshError`` for a broken
+    mesh or one that renders empty from the input view."""
+    from ..data.mesh import MeshError, to_vertex_colored
+
     p = dict(DEFAULT_PROTOCOL if protocol is None else protocol)
-    canon, rec = prepare_object(mesh, seed, distance=p["distance"])
+    canon, rec = prepare_object(mesh, object_rng(uid, seed), p.get("input_elevation_range_deg", (0.0, 30.0)),
+                                p["distance"])
     c_in, k_in = input_camera(p["distance"], p["fov_deg"])
     c_nv, k_nv = protocol_cameras(p["elevations_deg"], p["azimuth_step_deg"], p["distance"], p["fov_deg"])
-    assert p["input_resolution"] == p["resolution"], "one resolution per views.npz"
+    if p["input_resolution"] != p["resolution"]:
+        raise ValueError("one resolution per views.npz: protocol input_resolution must equal resolution")
     # optional extra input views for multi-view methods: (azimuth, elevation) relative to the canonical input
     extra = [np.asarray(x, float) for x in p.get("extra_input_views_deg", [])]
     c_x = [protocol_cameras((e,), 360.0, p["distance"], p["fov_deg"]) for _, e in extra]
     c_x = [_rotate_azimuth(c[0][0], a) for (a, _), c in zip(extra, c_x)]
     c2w = np.concatenate([c_in[None], *[c[None] for c in c_x], c_nv])
     intr = np.concatenate([k_in[None]] * (1 + len(extra)) + [k_nv])
-    kw = {} if renderer is not None else {"ambient": p.get("shading_ambient", 1.0)}
-    rgba = render_views(canon, c2w, intr, p["resolution"], renderer=renderer, **kw)
+    rgba = np.asarray(_render(canon, c2w, intr, p["resolution"], renderer, p.get("shading_ambient", 1.0)))
+    if (rgba[0, ..., 3] > 0.5 * (255 if rgba.dtype == np.uint8 else 1)).mean() < 1e-4:
+        raise MeshError("renders empty from the input view")
+    rec.update(seed=seed, resolution=p["resolution"], faces=int(sum(len(q.faces) for q in canon)))
     rec.update(record or {})
-    rec["renderer"] = getattr(renderer, "__module__", None) or "lrm.evaluate.raster"
+    rec["renderer"] = ("moderngl-egl" if renderer == "gl" else
+                       getattr(renderer, "__module__", None) or "lrm.evaluate.raster")
     n_in = 1 + len(extra)
-    return write_eval_object(root, uid, canon, rgba, c2w, intr, list(range(n_in)), list(range(n_in, len(c2w))), rec, p)
+    return write_eval_object(root, uid, to_vertex_colored(canon), rgba, c2w, intr, list(range(n_in)),
+                             list(range(n_in, len(c2w))), rec, p)
 
 
 def _rotate_azimuth(c2w: np.ndarray, azimuth_deg: float) -> np.ndarray:
@@ -288,23 +333,60 @@ def find_meshes(folder) -> Dict[str, Path]:
     return out
 
 
-def build_eval_set(root, meshes: Dict[str, object], seed: int = 0, renderer: Optional[Callable] = None,
+def build_eval_set(root, meshes: Dict[str, object], seed: int = 0, renderer=None,
                    protocol: Optional[dict] = None, source: str = "", licence: str = "") -> "EvalSet":
-    """Build an evaluation set from ``{uid: trimesh or path}``; each object's seed derives from ``seed`` and uid."""
+    """Build an evaluation set from ``{uid: trimesh, list of parts or path}`` (:func:`build_eval_object` each)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for uid, mesh in meshes.items():
         if isinstance(mesh, (str, os.PathLike)):
             mesh = load_mesh(mesh)
-        build_eval_object(root, uid, mesh, seed=(seed * 1_000_003 + stable_hash(uid)) % (2 ** 31),
-                          renderer=renderer, protocol=protocol, record={"source": source, "licence": licence})
+        build_eval_object(root, uid, mesh, seed=seed, renderer=renderer, protocol=protocol,
+                          record={"source": source, "licence": licence})
     return load_eval_set(root)
 
 
-# ------------------------------------------------------------------------------------------ dev set
-def _dev_meshes() -> Dict[str, object]:
-    """Small offline mesh source for the default dev set: pybullet_data's meshes when installed (the data extra),
-    plus coloured procedural shapes so the set exists everywhere."""
+# ------------------------------------------------------------------------------------------ the two named sets
+def build_dev_eval_set(root, num: Optional[int] = None, sources=None, resolution: int = 256,
+                       log=None) -> dict:
+    """The **dev** set: package-shipped real objects with GT meshes (lrm.data.sources.dev_eval_objects: pybullet's
+    textured objects, pymeshlab's test meshes, assimp test models, CGAL scans), rendered with the GL renderer
+    (the data extra). Resumable: objects already written at this resolution are kept. Broken objects are listed
+    under ``skipped`` in the manifest. ``make data-eval`` builds it at data/eval/dev. Returns the manifest."""
+    import time
+
+    from ..data.mesh import MeshError
+    from ..data.sources import DEV_EVAL_SOURCES, dev_eval_objects
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    protocol = dict(DEFAULT_PROTOCOL, input_resolution=resolution, resolution=resolution)
+    t0 = time.time()
+    objects, skipped = [], []
+    for obj in dev_eval_objects(num, sources or DEV_EVAL_SOURCES, log=log):
+        rec_path = root / obj.uid / "record.json"
+        if (root / obj.uid / "views.npz").is_file() and rec_path.is_file() \
+                and json.loads(rec_path.read_text()).get("resolution") == resolution:
+            objects.append(obj.uid)  # resume: already written at this resolution
+            continue
+        try:
+            build_eval_object(root, obj.uid, obj.load(), renderer="gl", protocol=protocol,
+                              record={"source": obj.source, "licence": obj.licence, "meta": obj.meta})
+            objects.append(obj.uid)
+        except MeshError as e:
+            skipped.append({"uid": obj.uid, "source": obj.source, "reason": str(e)})
+        except Exception as e:  # noqa: BLE001 - one broken package mesh must not stop the set
+            skipped.append({"uid": obj.uid, "source": obj.source, "reason": f"error: {type(e).__name__}: {e}"[:300]})
+        if log:
+            log(f"{len(objects)} written, {len(skipped)} skipped ({obj.uid})")
+    man = {"objects": objects, "protocol": protocol, "skipped": skipped, "build_seconds": round(time.time() - t0, 1)}
+    _atomic_write(root / "manifest.json", json.dumps(man, indent=1).encode())
+    return man
+
+
+def _smoke_meshes() -> Dict[str, object]:
+    """The smoke set's meshes: pybullet_data's duck and bunny when installed (the data extra), plus two coloured
+    procedural shapes so the set exists everywhere."""
     import trimesh
 
     meshes: Dict[str, object] = {}
@@ -335,14 +417,14 @@ def _dev_meshes() -> Dict[str, object]:
     return meshes
 
 
-def dev_eval_set(root=None, seed: int = 0) -> EvalSet:
-    """The default dev evaluation set (built once, deterministically, under ``root`` or the cache folder
-    ``$LRM_CACHE/evalsets/dev`` (default ``~/.cache/lrm``))."""
-    root = Path(root) if root else Path(os.environ.get("LRM_CACHE", Path.home() / ".cache" / "lrm")) / "evalsets" / "dev"
+def smoke_eval_set(root=None, seed: int = 0) -> EvalSet:
+    """The **smoke** set (``--eval-set smoke``): 2-4 small objects for CI and the docs' examples, built once,
+    deterministically, under ``root`` or ``$LRM_CACHE/evalsets/smoke`` (default ``~/.cache/lrm``)."""
+    root = Path(root) if root else Path(os.environ.get("LRM_CACHE", Path.home() / ".cache" / "lrm")) / "evalsets" / "smoke"
     if (root / "manifest.json").is_file():
         return load_eval_set(root)
     tmp = root.with_name(root.name + f".building-{os.getpid()}")
-    build_eval_set(tmp, _dev_meshes(), seed=seed, source="pybullet_data + procedural", licence="zlib / generated")
+    build_eval_set(tmp, _smoke_meshes(), seed=seed, source="pybullet_data + procedural", licence="zlib / generated")
     if not (root / "manifest.json").is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
         if root.exists():
@@ -353,38 +435,62 @@ def dev_eval_set(root=None, seed: int = 0) -> EvalSet:
     return load_eval_set(root)
 
 
+#: names ``--eval-set`` takes besides a folder
+NAMED_SETS = {"smoke": smoke_eval_set}
+
+
 def resolve_eval_set(spec) -> EvalSet:
-    """A path, or ``dev`` for the default dev set."""
-    if str(spec) == "dev":
-        return dev_eval_set()
+    """A folder, or a named set (``smoke``)."""
+    if str(spec) in NAMED_SETS:
+        return NAMED_SETS[str(spec)]()
+    if not Path(spec).exists():
+        hint = (" ('dev' is a folder, not a named set: the dev set of real objects is data/eval/dev, built by "
+                "make data-eval; the small built-in set is 'smoke')" if str(spec) == "dev" else "")
+        raise EvalSetError(f"evaluation set not found: {spec}{hint}")
     return load_eval_set(spec)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lrm.evaluate.evalset",
-                                 description="Build an evaluation set from a folder of meshes (one file per uid).")
-    ap.add_argument("--meshes", help="folder of meshes (uid.ext or uid/*.ext); omit with --dev")
-    ap.add_argument("--dev", action="store_true", help="build the default dev set")
+    ap = argparse.ArgumentParser(
+        prog="lrm-build-evalset",
+        description="Build an evaluation set (docs/evaluation.md). One of: --meshes DIR (a folder of meshes, one file "
+                    "per uid), --dev (the dev set of package-shipped real objects; needs the data extra), --smoke "
+                    "(the small built-in set).")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--meshes", help="folder of meshes (uid.ext or uid/*.ext)")
+    src.add_argument("--dev", action="store_true", help="the dev set: package-shipped real objects (data/eval/dev)")
+    src.add_argument("--smoke", action="store_true", help="the smoke set (2-4 small objects)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="input-view seed (with each uid); 0 for the published sets")
+    ap.add_argument("--resolution", type=int, default=DEFAULT_PROTOCOL["resolution"], help="views (input and novel)")
+    ap.add_argument("--sources", default=None,
+                    help="--dev: comma-separated package sources (default pybullet,pymeshlab,assimp,cgal)")
+    ap.add_argument("--num", type=int, default=None, help="--dev: at most this many objects")
     ap.add_argument("--split", choices=["all", "train", "val"], default="all",
-                    help="keep only uids of this stable-hash split")
-    ap.add_argument("--limit", type=int, default=0, help="at most this many objects (sorted by uid)")
-    ap.add_argument("--source", default="")
-    ap.add_argument("--licence", default="")
+                    help="--meshes: keep only uids of this stable-hash split")
+    ap.add_argument("--limit", type=int, default=0, help="--meshes: at most this many objects (sorted by uid)")
+    ap.add_argument("--source", default="", help="--meshes: source recorded per object")
+    ap.add_argument("--licence", default="", help="--meshes: licence recorded per object")
+    ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    log = None if a.quiet else (lambda m: print(f"[evalset] {m}", file=sys.stderr))
+    protocol = dict(DEFAULT_PROTOCOL, resolution=a.resolution, input_resolution=a.resolution)
     try:
-        if a.dev:
-            es = dev_eval_set(a.out, a.seed)
+        if a.smoke:
+            es = smoke_eval_set(a.out, a.seed)
+        elif a.dev:
+            man = build_dev_eval_set(a.out, a.num, a.sources, a.resolution, log)
+            print(f"{len(man['skipped'])} objects skipped (manifest.json: skipped)", file=sys.stderr)
+            es = load_eval_set(a.out)
         else:
-            if not a.meshes or not Path(a.meshes).is_dir():
+            if not Path(a.meshes).is_dir():
                 raise EvalSetError(f"--meshes must be a folder of meshes, got {a.meshes!r}")
             found = {u: p for u, p in find_meshes(a.meshes).items() if in_split(u, a.split)}
             if a.limit:
                 found = dict(list(found.items())[: a.limit])
             if not found:
                 raise EvalSetError(f"no meshes ({', '.join(MESH_EXTENSIONS)}) in {a.meshes} for split {a.split}")
-            es = build_eval_set(a.out, found, a.seed, source=a.source, licence=a.licence)
+            es = build_eval_set(a.out, found, a.seed, protocol=protocol, source=a.source, licence=a.licence)
     except (EvalSetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

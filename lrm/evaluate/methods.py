@@ -27,6 +27,7 @@ from typing import Callable, Dict, Optional, Type
 
 import numpy as np
 
+from ..conventions import CUBE_RADIUS
 from .evalset import MESH_EXTENSIONS, EvalObject, load_mesh
 
 
@@ -215,7 +216,7 @@ class HullBaseline(Method):
         rgba, mask = _input(obj)
         h, w = mask.shape
         n = int(self.params["resolution"])
-        R = float(ctx.protocol.get("radius", 0.87))
+        R = float(ctx.protocol.get("radius", CUBE_RADIUS))
         pts = grid_points(n, R)
         u, v, z = _project(pts, obj.input_c2w, obj.input_intrinsics, h, w)
         inside, ok = _lookup(mask.astype(np.float32), u, v)

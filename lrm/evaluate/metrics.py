@@ -19,12 +19,14 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..conventions import CUBE_RADIUS
+
 log = logging.getLogger(__name__)
 
 N_SURFACE_SAMPLES = 10_000
 FSCORE_TAUS = (0.02, 0.05, 0.1)
 IOU_RESOLUTION = 64
-RADIUS = 0.87
+RADIUS = CUBE_RADIUS
 SEED = 0
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Build a multi-view training set as webdataset shards (docs/data.md).
 
-    python data/build.py --out data/shards/default                                  # the default set
-    python data/build.py --sources procedural,pybullet --num 200 --out data/shards/small
-    python data/build.py --sources folder --folder ~/my_glbs --out data/shards/mine
+    lrm-build-data --out data/shards/default                                  # the default set
+    lrm-build-data --sources procedural,pybullet --num 200 --out data/shards/small
+    lrm-build-data --sources folder --folder ~/my_glbs --out data/shards/mine
+
+(``lrm-build-data`` is ``python -m lrm.data.build``.)
 
 Every object: load -> validate/normalise (conventions) -> ``--views`` random orbit cameras (+ a fixed
 16-view orbit for val objects) -> moderngl/EGL render (RGBA, depth) -> one webdataset sample.
@@ -23,22 +25,15 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python data/build.py` puts data/ first; we want the repo root
-    sys.path.insert(0, str(REPO))
-if sys.path and Path(sys.path[0]).resolve() == REPO / "data":
-    sys.path.pop(0)  # never shadow the `objaverse` package with data/objaverse.py
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from lrm.data.shards import uid_rng  # noqa: E402
+from ..conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG
+from .shards import uid_rng
 
 DEFAULT_SOURCES = "procedural,pybullet,flightgear"
-#: the dev eval set's objects (data/build_eval.py) are held out of training sets by default
-EVAL_SOURCES = ("cgal", "pymeshlab", "assimp")
 
 RENDER_DEFAULTS = dict(
-    views=24, resolution=256, fov_deg=40.0, distance=2.0, elevation_range=(-15.0, 45.0),
+    views=24, resolution=256, fov_deg=CANONICAL_FOV_DEG, distance=CANONICAL_DISTANCE, elevation_range=(-15.0, 45.0),
     val_orbit=True, depth=True, normals=False, samples=4, points=True,
 )
 
@@ -134,7 +129,7 @@ def render_object(task):
 # --------------------------------------------------------------------------------------------------
 def select_objects(args):
     """The deterministic object list for these arguments (before resume filtering)."""
-    from data.sources import get_source
+    from .sources import get_source
 
     objs, licences, unavailable = [], {}, {}
     for name in [s.strip() for s in args.sources.split(",") if s.strip()]:
@@ -155,9 +150,9 @@ def select_objects(args):
         licences[name] = getattr(mod, "LICENCE", "per object")
         objs.extend(got)
     if args.exclude_eval:
-        from data.build_eval import eval_uids
+        from .sources import dev_eval_uids  # the dev evaluation set's objects are held out by default
 
-        held = eval_uids()
+        held = dev_eval_uids()
         objs = [o for o in objs if o.uid not in held]
     seen, uniq = set(), []
     for o in objs:
@@ -423,7 +418,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sources", default=DEFAULT_SOURCES,
                    help="comma list: procedural,products,pybullet,flightgear,assimp,cgal,pymeshlab,robosuite,folder,objaverse")
-    p.add_argument("--out", default=str(REPO / "data" / "shards" / "default"))
+    p.add_argument("--out", default="data/shards/default")
     p.add_argument("--num", type=int, default=None, help="cap on the total number of objects")
     p.add_argument("--procedural-num", type=int, default=800, help="procedural objects to generate")
     p.add_argument("--products-num", type=int, default=1000, help="product objects (--sources products) to generate")

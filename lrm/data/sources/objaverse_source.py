@@ -1,6 +1,6 @@
-"""Objaverse as a mesh source (selection and download in data/objaverse.py).
+"""Objaverse as a mesh source (selection, licences and download: objaverse_catalog.py).
 
-Options (``data/build.py``): ``--objaverse-uids FILE|a,b,c``, ``--objaverse-lvis cat1,cat2``,
+Options (``lrm-build-data``): ``--objaverse-uids FILE|a,b,c``, ``--objaverse-lvis cat1,cat2``,
 ``--objaverse-count N``; annotation files via the env vars ``LRM_OBJAVERSE_ANNOTATIONS`` and
 ``LRM_OBJAVERSE_LVIS`` (JSON, optionally gzipped) for offline selection. Licence per object from the
 annotations. Downloads happen once, in parallel, before rendering.
@@ -27,7 +27,7 @@ def available():
 
 
 def objects(uids=None, lvis=None, count=None, processes: int = 4, **_) -> Iterator[SourceObject]:
-    from data import objaverse as ov
+    from . import objaverse_catalog as ov
 
     if isinstance(uids, str):
         uids = Path(uids).read_text().split() if Path(uids).is_file() else [u for u in uids.split(",") if u]

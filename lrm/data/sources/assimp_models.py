@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import functools
 import os
 
-from . import SourceObject, file_loader, load_parts, safe_uid
+from . import DEFAULT_CACHE, SourceObject, file_loader, load_parts, safe_uid
 
 NAME = "assimp"
 LICENCE = "BSD-3-clause (Debian assimp-testmodels)"
@@ -29,9 +29,6 @@ CANDIDATES = [
     ("Collada/duck.dae", "y"),
     ("Collada/teapots.DAE", "y"),
 ]
-
-
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache"
 
 
 def load_via_assimp(path: str, cache_dir: str, up: str):

@@ -207,9 +207,4 @@ def render_mesh(
                     dep[i] = d
                 if normals:
                     nrm[i] = n
-    out = {"rgba": rgba}
-    if depth:
-        out["depth"] = dep
-    if normals:
-        out["normals"] = nrm
-    return out
+    return {k: v for k, v in (("rgba", rgba), ("depth", dep), ("normals", nrm)) if v is not None}

@@ -17,13 +17,12 @@ from typing import Iterator, Optional
 
 from PIL import Image
 
-from . import MeshError, SourceObject, load_parts, safe_uid
+from . import DEFAULT_CACHE, MeshError, SourceObject, load_parts, safe_uid
 
 NAME = "flightgear"
 LICENCE = "GPL-2+ (Debian flightgear-data-models)"
 ROOT = Path("/usr/share/games/flightgear/Models")
 EXCLUDE = ("Weather", "Effects", "Astro")
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache" / "flightgear"
 
 
 def available():
@@ -87,7 +86,7 @@ def load(ac_path: str, cache_dir: str):
 def objects(num: Optional[int] = None, cache: Optional[str] = None, exclude=EXCLUDE, **_) -> Iterator[SourceObject]:
     if not available()[0]:
         return
-    cache = Path(cache or os.environ.get("LRM_DATA_CACHE", DEFAULT_CACHE.parent)) / "flightgear"
+    cache = Path(cache or os.environ.get("LRM_DATA_CACHE", DEFAULT_CACHE)) / "flightgear"
     n = 0
     for p in sorted(ROOT.rglob("*.ac")):
         rel = p.relative_to(ROOT)

@@ -39,7 +39,7 @@ class ObjaverseUnavailable(RuntimeError):
 
 
 def _objaverse():
-    return importlib.import_module("objaverse")  # the pip package (this file is data.objaverse)
+    return importlib.import_module("objaverse")  # the pip package
 
 
 def read_json(path) -> dict:
@@ -112,7 +112,7 @@ def load_lvis(path=None) -> Dict[str, List[str]]:
 
 def _offline_message(what: str, e: Exception) -> str:
     return (f"Objaverse {what} could not be downloaded ({type(e).__name__}: {str(e)[:160]}). This machine "
-            "cannot reach huggingface.co. Download on a connected machine (python data/build.py --sources "
+            "cannot reach huggingface.co. Download on a connected machine (lrm-build-data --sources "
             "objaverse ... there, or objaverse.load_objects) and copy ~/.objaverse here, or build from local "
             "GLBs with --sources folder --folder PATH.")
 
