@@ -109,7 +109,7 @@ def resolve_source(cfg) -> str:
     if shards_available(cfg):
         return "shards"
     log.warning("data.source=auto: no shards at data.path=%s (or lrm.data missing): training on synthetic "
-                "objects. Build shards with data/build.py or set data.path", cfg.data.path)
+                "objects. Build shards with lrm-build-data (python -m lrm.data.build) or set data.path", cfg.data.path)
     return "synthetic"
 
 

@@ -17,7 +17,7 @@ DATA_DEFAULTS = {
     # the fly (lrm/training/synthetic.py), for tests and smoke runs; "auto": shards when data.path holds
     # shards and lrm.data is available, else synthetic (with a warning).
     "source": "auto",
-    "path": "data/shards/default",  # shards folder (data/build.py --out ...)
+    "path": "data/shards/default",  # shards folder (lrm-build-data --out ...)
     "val_path": None,  # validation shards (default: the same folder, split="val")
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step

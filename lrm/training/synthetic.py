@@ -19,6 +19,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ..conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, OBJECT_BALL_RADIUS
 from .. import cameras as cam
 from ..data.batch import collate, fixed_background, input_views_at, input_views_range
 
@@ -155,7 +156,7 @@ def object_points(obj, n_occ: int, n_surf: int, g: torch.Generator, M: torch.Ten
     surf, rgb = surface_samples(obj, max(n_surf, n_occ), g)
     half = n_occ // 2
     d = torch.nn.functional.normalize(torch.randn(half, 3, generator=g), dim=-1)
-    uni = d * (0.866 * torch.rand(half, 1, generator=g) ** (1 / 3))
+    uni = d * (OBJECT_BALL_RADIUS * torch.rand(half, 1, generator=g) ** (1 / 3))
     near = surf[: n_occ - half] + torch.randn(n_occ - half, 3, generator=g) * 0.02
     pts = torch.cat([uni, near])
     R, t = M[:3, :3], M[:3, 3]
@@ -170,7 +171,7 @@ def object_points(obj, n_occ: int, n_surf: int, g: torch.Generator, M: torch.Ten
 class SyntheticMultiView:
     """Indexed dataset of synthetic objects; ``batch(indices)`` -> a training batch dict."""
 
-    def __init__(self, cfg_data, split: str = "train", seed: int = 0, distance: float = 2.0, fov_deg: float = 40.0,
+    def __init__(self, cfg_data, split: str = "train", seed: int = 0, distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG,
                  extras=None):
         s = cfg_data.synthetic
         self.extras = dict(extras or {})  # as lrm.data.make_loader's: points, surface_points, depth
