@@ -332,8 +332,8 @@ def test_sample_cli_writes_views(tmp_path, capsys):
     rc, cap = _cli(args, capsys)
     assert rc == 0, cap.err
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert len(pngs) == 3 and "input.png" in pngs
-    assert Image.open(out / pngs[0]).size == (16, 16)
+    assert pngs == ["input.png", "view_az+90_el+10.png", "view_az-45_el+10.png"]
+    assert Image.open(out / "view_az+90_el+10.png").size == (16, 16)
     rc, cap = _cli(args, capsys)  # its own folder: replaced
     assert rc == 0
     (out / "mine.txt").write_text("user file")

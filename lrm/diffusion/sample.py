@@ -92,7 +92,8 @@ def _numbers(text: str, flag: str) -> List[float]:
 
 
 def view_name(azimuth: float, elevation: float) -> str:
-    return f"az{azimuth:+07.1f}_el{elevation:+06.1f}".replace(".", "p") + ".png"
+    """``view_az+90_el+10.png``: the file of one sampled view."""
+    return f"view_az{azimuth:+g}_el{elevation:+g}.png"
 
 
 def parse_args(argv=None):
@@ -125,6 +126,8 @@ def check_request(args) -> tuple:
         el = el * len(az)
     if len(el) != len(az):
         raise InputError(f"--elevation needs one value or one per azimuth ({len(az)}), got {len(el)}")
+    if len({view_name(a, e) for a, e in zip(az, el)}) != len(az):
+        raise InputError("the same (azimuth, elevation) is asked for twice")
     if any(abs(e) > 90 for e in el):
         raise InputError("--elevation offsets must be within [-90, 90] degrees")
     if not 1 <= args.steps <= 1000:
