@@ -4,12 +4,17 @@
     python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
         [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--texture vertex|uv] [--video]
         [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
+        [--refine sds|ref|scratch [--prior DIR] [--refine-steps N]]
+    python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
-preprocessed model input), turntable.mp4 with --video, and timings.json. Outputs appear all at once (written
+preprocessed model input), input_mask.png (its alpha), turntable.mp4 with --video, and timings.json. With --refine
+the triplane is then optimised (lrm/refine/, docs/refine.md) and OUT/<name>-refined-<mode>/ is written as well. Outputs appear all at once (written
 to a temporary folder, then renamed); a bad input gives one error line, a non-zero exit, and no files.
 An existing OUT/<name> is replaced only if infer.py wrote it (its .lrm-output.json lists every file in it);
 anything else is refused unless --overwrite is given (docs/guarantees.md).
+With --cameras, the images are views of ONE object with known cameras (format: docs/inference.md,
+lrm/cameras_file.py): one output folder OUT/<first image's name>/, with input_views.png beside input.png.
 """
 from __future__ import annotations
 
@@ -44,8 +49,15 @@ def parse_args(argv=None):
     p.add_argument("--mask", default=None, help="foreground mask (white = object) for a single RGB image")
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"],
                    help="viewer: +Y up, input view facing +Z (glTF viewers); canonical: the model's +Z-up frame")
+    p.add_argument("--cameras", default=None, metavar="CAMS.JSON",
+                   help="the images are views of one object with these cameras (needs a multi-view checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT/<name> even if it is not a folder infer.py wrote")
+    p.add_argument("--refine", default=None, choices=["sds", "ref", "scratch"],
+                   help="refine the triplane after reconstruction (sds: + diffusion prior; ref: input view only)")
+    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch "
+                   "(default: checkpoints/zero123-tiny)")
+    p.add_argument("--refine-steps", type=int, default=None, help="refinement steps (default: RefineConfig.steps)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -61,7 +73,13 @@ def check_output_dir(out: Path):
         raise InputError(f"output folder is not writable: {out} ({e.strerror or e})") from None
 
 
-def process(pipe, image: str, args, out_root: Path) -> Path:
+def refine_target(out_root: Path, image: str, mode: str) -> Path:
+    from lrm.refine import default_target
+
+    return default_target(out_root / output_name(image), mode)
+
+
+def process(pipe, image: str, args, out_root: Path, prior=None) -> Path:
     from lrm.outputs import require_surface, write_result
 
     from lrm.outdir import make_temp_dir, publish
@@ -85,6 +103,17 @@ def process(pipe, image: str, args, out_root: Path) -> Path:
         raise
     print(f"{image}: {info['faces']} faces -> {final}/mesh.{args.format}  "
           + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    if args.refine:
+        from lrm.refine import refine_to_folder
+
+        from lrm.refine.__main__ import config_from_args
+
+        target = refine_target(out_root, image, args.refine)
+        cfg = config_from_args(argparse.Namespace(mode=args.refine), steps=args.refine_steps)
+        res = refine_to_folder(pipe, result.triplane, result.input_image, result.input_mask, prior, cfg, target,
+                               fmt=args.format, orientation=args.orientation, video=args.video,
+                               video_format=args.video_format, overwrite=args.overwrite, source=str(final))
+        print(f"{image}: refined ({args.refine}, {res.stats['steps']} steps, {res.stats['seconds']:.1f}s) -> {target}")
     return final
 
 
@@ -93,7 +122,7 @@ def output_name(image: str) -> str:
     return stem if stem not in ("", ".", "..") else "image"
 
 
-def check_outputs(images, out_root: Path, overwrite: bool) -> None:
+def check_outputs(images, out_root: Path, overwrite: bool, refine: str = None) -> None:
     """Before any work: two inputs must not share an output folder, and no existing OUT/<name> may be one this
     program did not write (unless ``overwrite``)."""
     from lrm.outdir import check_target
@@ -108,6 +137,8 @@ def check_outputs(images, out_root: Path, overwrite: bool) -> None:
         seen[key] = image
     for image in seen.values():
         check_target(out_root / output_name(image), overwrite)
+        if refine:
+            check_target(refine_target(out_root, image, refine), overwrite)
 
 
 def main(argv=None) -> int:
@@ -119,13 +150,19 @@ def main(argv=None) -> int:
     from lrm.pipeline import Pipeline, check_options
     from lrm.preprocess import InputError, load_image
 
-    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    from lrm.refine import RefineError
+
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError, RefineError)
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
                 texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
+    if args.cameras:
+        return main_views(args, opts, out_root)
     try:
         check_options(opts)
-        check_outputs(args.images, out_root, args.overwrite)
+        check_outputs(args.images, out_root, args.overwrite, args.refine)
+        if args.refine_steps is not None and args.refine_steps < 1:
+            raise InputError(f"--refine-steps must be >= 1, got {args.refine_steps}")
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -152,12 +189,17 @@ def main(argv=None) -> int:
         load_s = time.perf_counter() - t
         print(f"loaded {args.checkpoint or 'default checkpoint'} on {pipe.device} in {load_s:.2f}s "
               f"(process start -> ready {time.perf_counter() - T_START:.2f}s)")
+        prior = None
+        if args.refine in ("sds", "scratch"):
+            from lrm.refine import load_prior
+
+            prior = load_prior(args.prior, pipe.device)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for image in valid:
         try:
-            process(pipe, image, args, out_root)
+            process(pipe, image, args, out_root, prior)
         except errors as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
@@ -171,6 +213,77 @@ def main(argv=None) -> int:
             failures += 1
     print(f"total {time.perf_counter() - T_START:.2f}s")
     return 1 if failures else 0
+
+
+# ------------------------------------------------------------------ several views of one object (--cameras)
+def process_views(pipe, rig, args, out_root: Path) -> Path:
+    """All images as views of one object: OUT/<first image's name>/ (mesh, input.png = view 0, input_views.png)."""
+    import numpy as np
+
+    from lrm.multiview_input import run_views
+    from lrm.outdir import make_temp_dir, publish
+    from lrm.outputs import require_surface, save_image, write_result
+
+    final = out_root / output_name(args.images[0])
+    tmp = make_temp_dir(final)
+    try:
+        result, views = run_views(pipe, args.images, rig, video=args.video)
+        require_surface(result, args.images[0])
+        t = time.perf_counter()
+        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
+                             radius=pipe.cfg.model.render.radius)
+        save_image(np.concatenate(list(views), 1), tmp / "input_views.png")
+        result.timings["export"] = time.perf_counter() - t
+        info = {"images": [str(i) for i in args.images], "cameras": str(args.cameras),
+                "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
+                "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
+                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
+        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
+        publish(tmp, final, overwrite=args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{len(args.images)} views: {info['faces']} faces -> {final}/mesh.{args.format}  "
+          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return final
+
+
+def main_views(args, opts, out_root: Path) -> int:
+    """infer.py IMAGES --cameras CAMS.JSON: check everything (cameras file, images, output) before loading the
+    model; one error line and exit 2 on bad input."""
+    from lrm.cameras_file import read_cameras_file
+    from lrm.checkpoint import CheckpointError
+    from lrm.config import ConfigError
+    from lrm.outdir import OutputExistsError, check_target, sweep_stale
+    from lrm.pipeline import Pipeline, check_options
+    from lrm.preprocess import InputError, load_image
+
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    try:
+        check_options(opts)
+        if args.mask is not None:
+            raise InputError("--mask applies to a single input image, not to --cameras views")
+        rig = read_cameras_file(args.cameras, args.images)
+        for image in args.images:
+            load_image(image)
+        check_target(out_root / output_name(args.images[0]), args.overwrite)
+        check_output_dir(out_root)
+        sweep_stale(out_root)
+        pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
+        process_views(pipe, rig, args, out_root)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    print(f"total {time.perf_counter() - T_START:.2f}s")
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,13 +13,24 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
+
+import logging
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import load_config
 from .outdir import check_target, make_temp_dir, publish, sweep_stale
+
+log = logging.getLogger(__name__)
+
+#: Modules a newer model may have that older checkpoints lack, and that start as exact no-ops: prefix -> (what it is,
+#: the zero-initialised output tensors that make it a no-op). :func:`load_init_weights` leaves only these fresh.
+NOOP_MODULES = {
+    "view_embed.": ("the per-view camera embedding (model.transformer.multiview)",
+                    ("view_embed.net.2.weight", "view_embed.net.2.bias")),
+}
 
 #: The checkpoint shipped in the repository.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -159,6 +170,39 @@ def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch
     if left:
         raise CheckpointError(f"tensors left uninitialised after loading {folder}: {left[:5]}")
     return model.to(device).eval(), cfg
+
+
+def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoint") -> List[str]:
+    """Load ``state`` into ``model`` to start training from it (``--init-from``): strict, except that a module of
+    :data:`NOOP_MODULES` which the model has and the checkpoint lacks *entirely* keeps its fresh zero-initialised
+    weights (e.g. a one-view checkpoint into a ``multiview`` model: the model's V = 1 output then equals the
+    one-view model's bit for bit). Anything else missing, unexpected or mis-shaped raises :class:`CheckpointError`.
+    Returns the prefixes left fresh (logged)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    fresh = []
+    for prefix, (what, zero_keys) in NOOP_MODULES.items():
+        mine = [k for k in own if k.startswith(prefix)]
+        if mine and not any(k.startswith(prefix) for k in state):
+            not_zero = [k for k in zero_keys if k in own and bool(own[k].ne(0).any())]
+            if not_zero:
+                raise CheckpointError(f"{source} lacks {prefix[:-1]} and the model's own {not_zero[0]} is not "
+                                      "zero: loading it fresh would change the model's output")
+            fresh.append(prefix)
+            missing = [k for k in missing if not k.startswith(prefix)]
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+           if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(
+            f"{source} does not fit this model: {len(missing)} missing, {len(unexpected)} unexpected, {len(bad)} "
+            f"mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
+    state = check_weights(state, {k: t for k, t in own.items() if k in state}, source)
+    model.load_state_dict(state, strict=False)
+    for prefix in fresh:
+        log.info("init from %s: it has no %s (%s); that module starts at its zero initialisation, so the model "
+                 "begins as the checkpoint's", source, prefix[:-1], NOOP_MODULES[prefix][0])
+    return fresh
 
 
 def _rebuild_nonpersistent_buffers(model) -> None:

@@ -137,6 +137,9 @@ class Config:
 
     name: str = "tiny"
     seed: int = 0
+    # the kind of training run (lrm/training/tasks.py): "lrm" = this schema's triplane LRM; for any other
+    # task the ``model`` section is free-form and checked by that task (TaskConfig below)
+    task: str = "lrm"
     model: ModelConfig = field(default_factory=ModelConfig)
     camera: CameraDefaults = field(default_factory=CameraDefaults)
     data: Any = field(default_factory=dict)
@@ -144,6 +147,13 @@ class Config:
     infer: Any = field(default_factory=dict)
     eval: Any = field(default_factory=dict)
     sds: Any = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig(Config):
+    """The tree of a non-LRM training task: as :class:`Config`, with a free-form ``model`` section."""
+
+    model: Any = field(default_factory=dict)
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -208,16 +218,28 @@ def check_model_limits(model_cfg) -> None:
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Schema defaults <- YAML file (may ``_base_: other.yaml``) <- dotted ``key=value`` overrides.
     Unreadable files and out-of-range model sizes raise :class:`ConfigError`."""
-    cfg = OmegaConf.structured(Config)
-    if path is not None:
-        cfg = merge_configs(cfg, _load_yaml_with_base(resolve_config_path(path)))
+    raw = _load_yaml_with_base(resolve_config_path(path)) if path is not None else None
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must look like key=value, got: {bad}")
+    lrm = _task_of(raw, overrides) == "lrm"
+    cfg = OmegaConf.structured(Config if lrm else TaskConfig)
+    if raw is not None:
+        cfg = merge_configs(cfg, raw)
     if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"overrides must look like key=value, got: {bad}")
         cfg = merge_configs(cfg, OmegaConf.from_dotlist(list(overrides)))
-    check_model_limits(cfg.model)
+    if lrm:
+        check_model_limits(cfg.model)
     return cfg
+
+
+def _task_of(raw: Optional[DictConfig], overrides: Sequence[str]) -> str:
+    """The ``task`` a config file + overrides name (the last ``task=`` override wins; default ``lrm``)."""
+    found = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "task"]
+    if found:
+        return found[-1]
+    task = raw.get("task", None) if raw is not None else None
+    return "lrm" if task is None else str(task)
 
 
 def merge_configs(base, other):

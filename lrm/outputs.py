@@ -4,7 +4,7 @@
     files["glb"] -> [out_dir/mesh.glb]; files["obj"] -> [mesh.obj, mesh.mtl, texture...]
 
 Files: ``<mesh_name>.<format>`` per mesh format (OBJ with its MTL and texture), ``triplane.safetensors`` (for
-SDS refinement; metadata: the renderer radius), ``input.png`` (the preprocessed model input) and, when the
+SDS refinement; metadata: the renderer radius), ``input.png`` (the preprocessed model input), ``input_mask.png`` (its alpha, for refinement) and, when the
 result has turntable frames, ``turntable.<video_format>``.
 """
 from __future__ import annotations
@@ -56,6 +56,8 @@ def write_result(result, out_dir: Path, formats: Sequence[str] = ("glb",), orien
         files[fmt] = export_mesh(result.mesh, out_dir / f"{mesh_name}.{fmt}", fmt, orientation)
     files["triplane"] = [save_triplane(result.triplane, out_dir / "triplane.safetensors", radius)]
     files["input"] = [save_image(result.input_image, out_dir / "input.png")]
+    if getattr(result, "input_mask", None) is not None:
+        files["input"].append(save_image(np.repeat(result.input_mask[..., None], 3, -1), out_dir / "input_mask.png"))
     if result.frames is not None:
         files["video"] = [save_video(result.frames, out_dir / f"turntable.{video_format}")]
     return files

@@ -119,6 +119,7 @@ class Result:
     timings: Dict[str, float] = field(default_factory=dict)
     frames: Optional[List[np.ndarray]] = None  # turntable frames, uint8 [H, W, 3]
     stats: Dict[str, object] = field(default_factory=dict)
+    input_mask: Optional[np.ndarray] = None  # [S, S] alpha of the preprocessed input (for refinement)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -181,6 +182,16 @@ class Pipeline:
         with autocast_for(self.opts["precision"], self.device):
             tri = self.model(x, self.input_camera()[:, None])
         return tri.float()  # the decoder and the renderer run in fp32
+
+    @torch.no_grad()
+    def triplane_views(self, images: np.ndarray, cameras: torch.Tensor) -> torch.Tensor:
+        """The model on V preprocessed views [V, S, S, 3] with their camera vectors [V, 16] in the canonical frame of
+        view 0 (``lrm.cameras_file.canonical_cameras``): images [1, V, 3, S, S], cameras [1, V, 16]. Needs a
+        multi-view model for V > 1 (``lrm.multiview_input`` prepares the views from files)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)[None].to(self.device)
+        with autocast_for(self.opts["precision"], self.device):
+            tri = self.model(x, cameras[None].float().to(self.device))
+        return tri.float()
 
     def density_fn(self, triplane):
         return lambda p: self.model.query(triplane, p[None])["density"][0]
@@ -246,7 +257,8 @@ class Pipeline:
             t = time.perf_counter()
             frames = self.turntable(tri, progress=report)
             timings["turntable"] = time.perf_counter() - t
-        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats)
+        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats,
+                      input_mask=pre.rgba[..., 3])
 
 
 def export_mesh(mesh, path: Path, fmt: str, orientation: str = "viewer") -> List[Path]:

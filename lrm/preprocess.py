@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,6 +28,10 @@ class Preprocessed:
     image: np.ndarray  # [S, S, 3] float32 in [0, 1], composited on the background
     rgba: np.ndarray  # [S, S, 4] float32, straight alpha (the cropped foreground)
     mask_source: str  # alpha | mask | segmentation | rembg
+    # the square cut from the loaded image, (x0, y0, side) in its pixels (may extend past its border), and that
+    # image's (H, W): what camera intrinsics need to follow the crop (lrm.cameras_file.crop_intrinsics)
+    window: Optional[Tuple[int, int, int]] = None
+    source_hw: Optional[Tuple[int, int]] = None
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -184,7 +188,7 @@ def crop_and_composite(rgba: np.ndarray, alpha: np.ndarray, size: int, foregroun
     bg = np.asarray(background, np.float32)
     image = premul[..., :3] + (1 - a) * bg
     return Preprocessed(image=image.astype(np.float32), rgba=np.concatenate([rgb, a], -1).astype(np.float32),
-                        mask_source="")
+                        mask_source="", window=(int(x0 - ox), int(y0 - oy), side), source_hw=alpha.shape[:2])
 
 
 def preprocess(image, size: int = 256, mask=None, foreground_ratio: float = 0.85, background=(1.0, 1.0, 1.0),

@@ -18,10 +18,16 @@ B objects, V input views, K supervision views, S×S images, N occupancy points, 
     surface_points    [B, M, 3]        surface samples (canonical frame)
     surface_rgb       [B, M, 3]        their colour as the views show it
     target_depth      [B, K, S, S]     ray distance of the visible surface, 0 off the object
+
+V per batch: ``data.num_input_views`` is an int (every batch has V views) or a range ``[lo, hi]``: each batch then
+has its own V, drawn uniformly in lo..hi by :func:`input_views_at` from ``(seed, key)`` alone, where the key is the
+batch's position in the stream (``position * world_size + rank``), so a resumed run sees the same V at the same
+step. Both sources decode ``hi`` views per object and keep the batch's first V (:func:`trim_input_views`); view 0,
+which defines the canonical frame, is always kept.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -51,6 +57,50 @@ def fixed_background(kind: Background) -> Optional[torch.Tensor]:
     if c.shape != (3,):
         raise ValueError(f"a background colour needs 3 values, got {list(kind)!r}")
     return c
+
+
+InputViews = Union[int, Sequence[int]]
+
+
+def input_views_range(spec: InputViews) -> Tuple[int, int]:
+    """``data.num_input_views`` -> (lo, hi): an int V gives (V, V), a pair [lo, hi] a range (1 <= lo <= hi)."""
+    if hasattr(spec, "__len__") and not isinstance(spec, str):
+        vals = list(spec)
+        if len(vals) != 2:
+            raise ValueError(f"data.num_input_views must be an int or [lo, hi], got {vals!r}")
+    else:
+        vals = [spec, spec]
+    try:
+        lo, hi = (int(v) for v in vals)
+        if any(float(v) != int(v) for v in vals):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"data.num_input_views must hold whole numbers, got {spec!r}") from None
+    if not 1 <= lo <= hi <= 64:
+        raise ValueError(f"data.num_input_views must satisfy 1 <= lo <= hi <= 64, got {spec!r}")
+    return lo, hi
+
+
+def input_views_at(spec: InputViews, seed: int, key: int) -> int:
+    """The number of input views of the batch at stream position ``key`` (see the module docstring): uniform in
+    the range of ``spec``, a pure function of ``(seed, key)``."""
+    import numpy as np
+
+    lo, hi = input_views_range(spec)
+    if lo == hi:
+        return lo
+    rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, int(key) & 0x7FFFFFFFFFFF, 0x5EED71E5])
+    return int(rng.integers(lo, hi + 1))
+
+
+def trim_input_views(batch: Dict, v: int) -> Dict:
+    """The batch with only its first ``v`` input views (``input_images`` / ``input_cameras``)."""
+    if batch["input_images"].shape[1] == v:
+        return batch
+    out = dict(batch)
+    out["input_images"] = batch["input_images"][:, :v].contiguous()
+    out["input_cameras"] = batch["input_cameras"][:, :v].contiguous()
+    return out
 
 
 def collate(samples: List[dict]) -> dict:

@@ -8,8 +8,10 @@ canonical frame), ``depth = True`` the supervision views' ray-distance depth.
 ``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
 the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
 
-Per sample: ``num_input_views`` input views (default 1; the first defines the canonical frame) and K supervision
-views are drawn at random from the object's ``random`` views (``view_kinds``); with ``input_in_targets=True`` the
+Per sample: ``num_input_views`` input views (default 1; the first defines the canonical frame; a range ``[lo, hi]``
+gives every batch its own V, see :mod:`lrm.data.batch`: ``hi`` views are decoded and the batch keeps its first V,
+keyed by the batch's position ``k * num_workers + worker`` in this rank's stream, times ``world_size`` plus
+``rank``) and K supervision views are drawn at random from the object's ``random`` views (``view_kinds``); with ``input_in_targets=True`` the
 (first) input view is target 0 and K-1 others follow.
 Cameras are canonicalised with ``lrm.cameras.canonicalize(..., distance=canonical_distance)``; the default
 ``None`` keeps the rendered camera distance, so the transform is a pure rotation about the origin and the
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import camera_vector, canonicalize
-from .batch import collate, fixed_background
+from .batch import collate, fixed_background, input_views_at, input_views_range, trim_input_views
 from .shards import decode_header, decode_png, decode_sample, iter_raw, list_shards
 
 logger = logging.getLogger("lrm.data")
@@ -202,7 +204,7 @@ class _Decoder:
     def __init__(self, num_views_target, image_size, background, input_in_targets, view_kinds,
                  canonical_distance, seed, input_background=None, extras=None, num_input_views=1):
         self.k, self.size, self.bg, self.input_bg = num_views_target, image_size, background, input_background
-        self.v = int(num_input_views)
+        self.v = input_views_range(num_input_views)[1]  # the most views a batch asks for; batches trim
         self.input_in_targets, self.view_kinds = input_in_targets, tuple(view_kinds)
         self.distance, self.seed = canonical_distance, seed
         self.extras = dict(extras or {})
@@ -271,6 +273,21 @@ class _Decoder:
         }
 
 
+class _InputViews:
+    """Pipeline stage after batching: each batch keeps the first V of its input views, V drawn from the batch's
+    position in the stream (deterministic, so ``resume_mode=skip`` replays the same V)."""
+
+    def __init__(self, spec, seed: int, rank: int, world_size: int):
+        self.spec, self.seed, self.rank, self.world = spec, int(seed), int(rank), int(world_size)
+
+    def __call__(self, batches):
+        wid, nw = _worker()
+        for k, batch in enumerate(batches):
+            position = k * nw + wid  # the DataLoader takes batches from its workers in turn
+            v = input_views_at(self.spec, self.seed, position * self.world + self.rank)
+            yield trim_input_views(batch, v)
+
+
 def _worker_init(_):
     import signal
 
@@ -302,12 +319,13 @@ def make_loader(
     drop_last: Optional[bool] = None,
     input_background=None,
     extras: Optional[dict] = None,
-    num_input_views: int = 1,
+    num_input_views=1,
 ):
     """Iterable of training batches (see module docstring). ``path_or_shards``: dataset folder (uses its
     ``manifest.json`` and ``split``), a glob, a brace pattern, one ``.tar`` or a list of shard files.
     With ``repeat=True`` it never ends (epochs reshuffle shards); otherwise one pass, last batch partial
-    unless ``drop_last``. ``num_input_views`` input views per object, the first defining the canonical frame."""
+    unless ``drop_last``. ``num_input_views`` input views per object, the first defining the canonical frame: an
+int, or ``[lo, hi]`` for a V per batch drawn from the batch's position (lrm/data/batch.py)."""
     import webdataset as wds
 
     urls = list_shards(path_or_shards, split)
@@ -322,6 +340,9 @@ def make_loader(
     stages.append(wds.map(dec, handler=warn_and_skip))
     partial = not (repeat if drop_last is None else drop_last)
     stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial))
+    lo, hi = input_views_range(num_input_views)
+    if lo != hi:
+        stages.append(_InputViews(num_input_views, seed, rank, world_size))
     pipeline = wds.DataPipeline(*stages)
     if num_workers == 0:
         return pipeline

@@ -14,8 +14,8 @@ RGBA [V, H, W, 4] in [0, 1]; when absent, the harness rasterises the mesh with t
 
 Built in: ``lrm`` (a checkpoint through ``lrm.pipeline.Pipeline``, or any ``LRM`` model object via
 :class:`ModelAdapter`), ``meshes:DIR`` (outside tools' meshes, one file per uid), and the calibration baselines
-``sphere``, ``hull`` and the oracle ``bbox``. ``lrm+sds``, ``sds`` and ``mv+lrm`` are registered as not available
-yet (their issues add them).
+``sphere``, ``hull`` and the oracle ``bbox``; ``gt-mv+lrm`` (a sparse-view model fed GT views at the multi-view
+front end's poses). ``lrm+sds``, ``sds`` and ``mv+lrm`` are registered as not available yet (their issues add them).
 """
 from __future__ import annotations
 
@@ -330,6 +330,20 @@ class ModelAdapter:
         with torch.no_grad(), autocast_for(self.precision, self.device):  # one view: [1, 1, 3, S, S], [1, 1, 16]
             return self.model(x, camv[None, None].to(self.device)).float()
 
+    def triplane_views(self, images_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
+        """V views [V, H, W, 3] with their cameras (c2w [V, 4, 4], intrinsics [V, 4], any frame): the cameras are
+        canonicalised to view 0 as the training loader does, then images [1, V, 3, H, W] go to the model."""
+        import torch
+
+        from ..cameras_file import canonical_cameras
+        from ..precision import autocast_for
+
+        x = torch.from_numpy(np.ascontiguousarray(images_rgb, np.float32)).permute(0, 3, 1, 2)[None].to(self.device)
+        cams = canonical_cameras(torch.as_tensor(np.asarray(c2w), dtype=torch.float64),
+                                 torch.as_tensor(np.asarray(intrinsics), dtype=torch.float64))
+        with torch.no_grad(), autocast_for(self.precision, self.device):
+            return self.model(x, cams[None].to(self.device)).float()
+
     def mesh(self, triplane):
         from ..mesh import build_trimesh, density_grid, field_query, marching_cubes
 
@@ -445,24 +459,131 @@ class LRMMethod(Method):
         else:
             tri = self.adapter.triplane(_input_rgb_on_white(obj), obj.input_c2w, obj.input_intrinsics)
             info["t_model"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            extract = getattr(self.pipeline, "extract_mesh", None) if self.params["mesher"] == "auto" else None
-            if extract is not None:
-                timings, stats = {}, {}
-                mesh = extract(tri, timings, stats)
-                if mesh is not None and len(getattr(mesh, "faces", [])) == 0:
-                    mesh = None
-                info.update({f"t_{k}": v for k, v in timings.items()})
-                info.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
-                info["mesher"] = "pipeline"
-            else:
-                mesh, stats = self.adapter.mesh(tri)
-                info.update(stats)
-                info["mesher"] = "adapter"
-            info["t_mesh"] = time.perf_counter() - t1
+            mesh = self.extract(tri, info)
+        return self.prediction(tri, mesh, info, ctx)
+
+    def extract(self, tri, info: dict):
+        """The mesh of a triplane (the pipeline's mesher with a checkpoint, else the adapter's); timings in ``info``."""
+        t1 = time.perf_counter()
+        extract = getattr(self.pipeline, "extract_mesh", None) if self.params["mesher"] == "auto" else None
+        if extract is not None:
+            timings, stats = {}, {}
+            mesh = extract(tri, timings, stats)
+            if mesh is not None and len(getattr(mesh, "faces", [])) == 0:
+                mesh = None
+            info.update({f"t_{k}": v for k, v in timings.items()})
+            info.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
+            info["mesher"] = "pipeline"
+        else:
+            mesh, stats = self.adapter.mesh(tri)
+            info.update(stats)
+            info["mesher"] = "adapter"
+        info["t_mesh"] = time.perf_counter() - t1
+        return mesh
+
+    def prediction(self, tri, mesh, info: dict, ctx) -> Prediction:
         rr = self.params["render_resolution"]
         if rr:
             info["render_resolution"] = int(rr)
             info["protocol_deviation"] = f"novel views rendered at {int(rr)}² and upsampled"
         return Prediction(mesh, render=self.adapter.renderer(tri, ctx.protocol.get("background", (1, 1, 1)), rr),
                           info=info)
+
+
+def parse_view_list(spec) -> list:
+    """``"90:0,180:0,270:0"`` (azimuth:elevation in degrees, relative to the input view) -> [(90.0, 0.0), ...]."""
+    out = []
+    for item in str(spec).replace(" ", "").split(","):
+        if not item:
+            continue
+        az, _, el = item.partition(":")
+        try:
+            out.append((float(az), float(el or 0.0)))
+        except ValueError:
+            raise MethodError(f"extra_views: {item!r} is not azimuth:elevation (degrees)") from None
+    return out
+
+
+@register_method("gt-mv+lrm")
+class GTMultiViewLRM(LRMMethod):
+    """The sparse-view LRM fed ground-truth views: the eval object's input view plus ``num_views - 1`` GT views at
+    ``extra_views`` (azimuth:elevation degrees relative to the input, default input + 90/180/270 at elevation 0,
+    the poses a multi-view front end generates), so ``mv+lrm`` minus this is the error of the generated views.
+
+    Where the extra views come from (``gt_views``): ``stored`` = the eval set's own views at those poses (its extra
+    input views, or any stored view whose camera matches within 1e-4: same renderer as the input view); ``render``
+    = the GT mesh rasterised at those poses (the harness's ``--mesh-renderer``, default lrm.evaluate.raster with the
+    protocol's shading); ``auto`` (default) = stored when every pose is stored, else render. The views are fed as
+    rendered (composited on white, true cameras canonicalised to the input view), like ``lrm``'s
+    ``preprocess=none``. Note: views at protocol poses are also scored as novel views. Other parameters: ``lrm``'s."""
+
+    defaults = {**LRMMethod.defaults, "num_views": 4, "extra_views": "90:0,180:0,270:0", "gt_views": "auto"}
+
+    def setup(self, ctx):
+        p = self.params
+        self.poses = parse_view_list(p["extra_views"])
+        n = int(p["num_views"])
+        if not 1 <= n <= 1 + len(self.poses):
+            raise MethodError(f"gt-mv+lrm: num_views={n} needs 1..{1 + len(self.poses)} (input + extra_views)")
+        if p["gt_views"] not in ("auto", "stored", "render"):
+            raise MethodError(f"gt-mv+lrm: gt_views must be auto, stored or render, got {p['gt_views']!r}")
+        if p["preprocess"] != "none":
+            raise MethodError("gt-mv+lrm feeds the views as rendered: preprocess must be none")
+        super().setup(ctx)
+        if n > 1 and getattr(self.adapter.model, "view_embed", None) is None:
+            raise MethodError(f"gt-mv+lrm: {self.source} is a one-view model (model.transformer.multiview=false); "
+                              "use a multi-view checkpoint (e.g. trained with --config mv-tiny) or num_views=1")
+
+    def extra_cameras(self, obj):
+        """c2w [n, 4, 4] and intrinsics [n, 4] of the extra views: orbit cameras around the origin at the input
+        camera's distance, azimuth/elevation relative to the (canonical) input view."""
+        import torch
+
+        from .. import cameras as cam
+
+        poses = self.poses[: int(self.params["num_views"]) - 1]
+        if not poses:
+            return np.zeros((0, 4, 4), np.float32), np.zeros((0, 4), np.float32)
+        d = float(np.linalg.norm(obj.input_c2w[:3, 3]))
+        az, el = (torch.tensor([p[i] for p in poses], dtype=torch.float64) for i in (0, 1))
+        c2w = cam.orbit_camera(az, el, torch.full_like(az, d)).numpy().astype(np.float32)
+        return c2w, np.repeat(obj.input_intrinsics[None], len(poses), 0)
+
+    def gt_views(self, obj, c2w, intr, ctx):
+        """RGBA uint8 [n, H, W, 4] of the extra views and where they came from (stored | render)."""
+        stored = []
+        for c in c2w:
+            err = np.abs(obj.c2w - c[None]).reshape(len(obj.c2w), -1).max(1)
+            hit = np.flatnonzero(err < 1e-4)
+            extra_inputs = [i for i in hit if i in set(obj.input_indices[1:].tolist())]
+            stored.append(extra_inputs[0] if extra_inputs else (hit[0] if len(hit) else None))
+        mode = self.params["gt_views"]
+        if mode == "stored" and any(i is None for i in stored):
+            missing = [list(self.poses[k]) for k, i in enumerate(stored) if i is None]
+            raise PredictionError(f"gt_views=stored: the eval set has no view at azimuth:elevation {missing}")
+        if mode != "render" and all(i is not None for i in stored):
+            return obj.rgba[[int(i) for i in stored]], "stored"
+        from .raster import render_views
+
+        res = obj.input_rgba.shape[:2]
+        kw = {} if ctx.mesh_renderer is not None else {"ambient": ctx.protocol.get("shading_ambient", 1.0)}
+        rgba = render_views(obj.gt_mesh, c2w, intr, res, renderer=ctx.mesh_renderer, **kw)
+        return (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8), "render"
+
+    def predict(self, obj, ctx):
+        t0 = time.perf_counter()
+        c2w_x, intr_x = self.extra_cameras(obj)
+        info = {"source": self.source, "num_views": 1 + len(c2w_x)}
+        rgba = obj.input_rgba[None]
+        if len(c2w_x):
+            extra, info["gt_views"] = self.gt_views(obj, c2w_x, intr_x, ctx)
+            rgba = np.concatenate([rgba, extra])
+        info["t_gt_views"] = time.perf_counter() - t0
+        a = rgba.astype(np.float32) / 255.0
+        images = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])  # on white, as lrm's preprocess=none
+        t1 = time.perf_counter()
+        tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
+                                          np.concatenate([obj.input_intrinsics[None], intr_x]))
+        info["t_model"] = time.perf_counter() - t1
+        mesh = self.extract(tri, info)
+        return self.prediction(tri, mesh, info, ctx)

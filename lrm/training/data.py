@@ -55,7 +55,7 @@ class ShardSource:  # pragma: no cover - needs lrm.data and shards on disk
         d = self.cfg.data
         path = d.path if self.split == "train" or not d.val_path else d.val_path
         return iter(make_loader(path, num_views_target=int(d.num_views_target), image_size=int(d.image_size),
-                                num_input_views=int(d.num_input_views),
+                                num_input_views=d.num_input_views,
                                 batch_size=self.bs, num_workers=int(d.num_workers), shuffle=self.split == "train",
                                 seed=int(self.cfg.seed) + seed_offset, split=self.split,
                                 background=d.background if self.split == "train" else "white",

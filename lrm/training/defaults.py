@@ -1,7 +1,10 @@
 """Defaults of the free-form ``data`` and ``train`` config sections (owned by the trainer).
 
-``apply_defaults(cfg)`` merges them under whatever the YAML file and the command line set, and rejects
-unknown keys in these sections so typos fail loudly, as they do in the ``model`` section.
+``apply_defaults(cfg)`` hands the config to its task (top-level ``task:``, default ``lrm``;
+lrm/training/tasks.py), which merges its defaults under whatever the YAML file and the command line set and
+rejects unknown keys so typos fail loudly, as they do in the ``model`` section. For the LRM that is
+:func:`apply_lrm_defaults` (``DATA_DEFAULTS``, ``TRAIN_DEFAULTS``). The runner's own ``train`` keys
+(``RUNNER_TRAIN_DEFAULTS``, a subset of ``TRAIN_DEFAULTS``) are then filled where a task left them unset.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ DATA_DEFAULTS = {
     "image_size": 64,  # input and supervision resolution delivered by the loader
     "num_views_target": 2,  # K supervision views per object and step
     "num_input_views": 1,  # V input views per object (the first defines the canonical frame); V > 1 needs
-    # a model with model.transformer.multiview
+    # a model with model.transformer.multiview. [lo, hi]: a V per batch, uniform in lo..hi, drawn from the
+    # batch's position (exact resume; lrm/data/batch.py)
     "background": "random",  # random | white | black | grey | [r, g, b]
     # colour the *input* view is composited on; null = the same as the supervision views. "white" matches
     # infer.py (INFER_DEFAULTS.input_background), so the model need not learn to tell a random background apart
@@ -109,19 +113,58 @@ SIZE_LIMITS = {
 }
 
 
-def apply_defaults(cfg: DictConfig) -> DictConfig:
-    """Return a copy of ``cfg`` with the trainer's defaults under its ``data`` and ``train`` sections."""
+#: The ``train`` keys the runner itself reads (lrm/training/runner.py), whatever the task.
+RUNNER_TRAIN_KEYS = (
+    "run_name", "output_root", "max_steps", "max_cpu_minutes", "batch_size", "grad_accum", "lr", "min_lr_ratio",
+    "warmup_steps", "betas", "weight_decay", "eps", "grad_clip", "mixed_precision", "log_every", "val_every",
+    "image_every", "ckpt_every", "keep_last", "max_nonfinite", "max_bad_batches", "init_from", "progress",
+    "threads", "deepspeed")
+RUNNER_TRAIN_DEFAULTS = {k: TRAIN_DEFAULTS[k] for k in RUNNER_TRAIN_KEYS}
+RUNNER_SIZE_LIMITS = {k: v for k, v in SIZE_LIMITS.items() if k.startswith("train.")
+                      and k.split(".")[1] in RUNNER_TRAIN_KEYS}
+
+
+def merge_section(cfg: DictConfig, key: str, defaults: dict) -> None:
+    """``cfg[key]`` = ``defaults`` <- what ``cfg`` sets there, in place; a key ``defaults`` lacks is an error."""
+    base = OmegaConf.create(defaults)
+    given = cfg.get(key) or OmegaConf.create({})
+    OmegaConf.set_struct(base, True)  # unknown keys -> error
+    try:
+        merged = OmegaConf.merge(base, given)
+    except Exception as e:  # omegaconf ConfigKeyError: name the section
+        raise ValueError(f"unknown key in the {key!r} config section: {e}") from None
+    OmegaConf.set_struct(merged, False)
+    with open_dict(cfg):
+        cfg[key] = merged
+
+
+def apply_lrm_defaults(cfg: DictConfig) -> DictConfig:
+    """Return a copy of ``cfg`` with the LRM trainer's defaults under its ``data`` and ``train`` sections."""
     cfg = cfg.copy()
-    for key, defaults in (("data", DATA_DEFAULTS), ("train", TRAIN_DEFAULTS)):
-        base = OmegaConf.create(defaults)
-        given = cfg.get(key) or OmegaConf.create({})
-        OmegaConf.set_struct(base, True)  # unknown keys -> error
-        try:
-            merged = OmegaConf.merge(base, given)
-        except Exception as e:  # omegaconf ConfigKeyError: name the section
-            raise ValueError(f"unknown key in the {key!r} config section: {e}") from None
-        OmegaConf.set_struct(merged, False)
-        with open_dict(cfg):
-            cfg[key] = merged
+    merge_section(cfg, "data", DATA_DEFAULTS)
+    merge_section(cfg, "train", TRAIN_DEFAULTS)
     check_limits(cfg, SIZE_LIMITS)
+    from ..config import ConfigError
+    from ..data.batch import input_views_range
+
+    try:  # an int or [lo, hi]: a bad value fails here, not mid-run
+        input_views_range(cfg.data.num_input_views)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
+
+
+def apply_defaults(cfg: DictConfig) -> DictConfig:
+    """Return a copy of ``cfg`` with its task's defaults (``task:``, default ``lrm``), then the runner's
+    ``train`` keys where the task left them unset."""
+    from .tasks import task_class, task_name
+
+    cfg = task_class(task_name(cfg))(cfg).apply_defaults(cfg.copy())
+    with open_dict(cfg):
+        if cfg.get("train") is None:
+            cfg.train = {}
+        for k, v in RUNNER_TRAIN_DEFAULTS.items():  # in place: keeps the task's key order
+            if k not in cfg.train:
+                cfg.train[k] = v
+    check_limits(cfg, RUNNER_SIZE_LIMITS)
     return cfg

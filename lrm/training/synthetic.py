@@ -4,7 +4,9 @@ Every object is 1..``max_primitives`` axis-aligned primitives inside the unit cu
 (ray-primitive intersection, Lambert + ambient shading, binary alpha) from orbit cameras
 (``lrm.cameras.orbit_camera``, distance 2, FoV 40). Batches follow the training batch contract of
 :mod:`lrm.data.batch` exactly: ``data.num_input_views`` input views (default 1), cameras canonicalised to the
-first, images composited on the background.
+first, images composited on the background. With a range ``data.num_input_views: [lo, hi]`` each batch has its own
+V (``lrm.data.batch.input_views_at``), keyed by the batch's first index divided by the batch size, which the
+trainer's source makes ``position * world_size + rank``.
 
 Everything is a pure function of ``(seed, sample index)``: ``batch(indices)`` returns the same tensors in
 any process at any time, so the trainer's data position is just the step counter (exact resume).
@@ -13,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
 from .. import cameras as cam
-from ..data.batch import collate, fixed_background
+from ..data.batch import collate, fixed_background, input_views_at, input_views_range
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,9 @@ class SyntheticMultiView:
         self.extras = dict(extras or {})  # as lrm.data.make_loader's: points, surface_points, depth
         self.size = int(cfg_data.image_size)
         self.k = int(cfg_data.num_views_target)
-        self.v = int(cfg_data.get("num_input_views", 1))  # input views, the first defining the canonical frame
+        # input views, the first defining the canonical frame: an int, or [lo, hi] for a V per batch
+        self.views = cfg_data.get("num_input_views", 1)
+        self.v = input_views_range(self.views)[1]
         self.background = cfg_data.background if split == "train" else "white"
         self.input_background = cfg_data.get("input_background") if split == "train" else None
         self.split = split
@@ -196,14 +200,16 @@ class SyntheticMultiView:
         el = _uniform(g, self.elev[0], self.elev[1], n)
         return cam.orbit_camera(az, el, torch.full((n,), self.distance))
 
-    def sample(self, index: int) -> Dict[str, torch.Tensor]:
+    def sample(self, index: int, num_input_views: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """One object; ``num_input_views`` overrides the configured V (the batch's draw)."""
         if self.corrupt_every and index % self.corrupt_every == self.corrupt_every - 1:
             raise CorruptSample(f"synthetic sample {index} is corrupt (data.synthetic.corrupt_every)")
         obj_id = index % self.num_objects if self.num_objects > 0 else index
         g_obj = _gen(self.seed, self._split_key, 0, obj_id)
         obj = random_object(g_obj, self.max_primitives)
         g = _gen(self.seed, self._split_key, 1, index)
-        v, n = self.v, self.k + self.v
+        v = self.v if num_input_views is None else int(num_input_views)
+        n = self.k + v
         if self.views_per_object > 0:
             views = self._cameras(g_obj, self.views_per_object)
             if self.fixed_input:
@@ -243,6 +249,13 @@ class SyntheticMultiView:
             "uid": f"synthetic-{self.split}-{self.seed}-{obj_id}",
         }
 
+    def batch_views(self, indices: Sequence[int]) -> int:
+        """V of the batch of ``indices`` (a pure function of the seed and the batch's first index / its size)."""
+        indices = list(indices)
+        return input_views_at(self.views, self.seed, int(indices[0]) // max(1, len(indices)))
+
     def batch(self, indices: Sequence[int]) -> Dict[str, object]:
         """Collate samples. A corrupt sample raises ``CorruptSample`` (the trainer skips that batch)."""
-        return collate([self.sample(int(i)) for i in indices])
+        indices = list(indices)
+        v = self.batch_views(indices)
+        return collate([self.sample(int(i), v) for i in indices])

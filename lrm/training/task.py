@@ -28,13 +28,23 @@ class Task:
 
     # ---- config
     def apply_defaults(self, cfg: DictConfig) -> DictConfig:
-        """Fill and check this task's config keys (``data.*``, ``model.*``, ``train.*``); returns the config."""
+        """Fill and check this task's config keys (``data.*``, ``model.*``, ``train.*``); returns the config.
+        The runner's own ``train.*`` keys (lrm/training/defaults.py, ``RUNNER_TRAIN_DEFAULTS``) are filled
+        afterwards where the task left them unset."""
         return cfg
+
+    def resolve_config(self, cfg: DictConfig) -> None:
+        """Decisions made once per run, in place, before the runner saves ``run_dir/config.yaml`` (e.g. which
+        data source ``data.source=auto`` picked). Default: none."""
 
     # ---- build steps
     def build_model(self) -> torch.nn.Module:
         """The bare model (what ``model/model.safetensors`` holds); ``--init-from`` loads into it."""
         raise NotImplementedError
+
+    def load_init_weights(self, model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: Path) -> None:
+        """``--init-from`` / ``--resume MODEL_DIR``: load exported weights into the bare model (default: strict)."""
+        model.load_state_dict(state_dict, strict=True)
 
     def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module handed to ``accelerator.prepare`` (default: the model itself). Its ``state_dict`` keys,
@@ -70,8 +80,11 @@ class Task:
         """Scalar metrics (logged as ``val/<name>``) of the bare model on the validation batch."""
         return {}
 
+    image_tag = "val/images"
+
     def validation_image(self, model: torch.nn.Module, batch: Dict) -> Optional[torch.Tensor]:
-        """A [3, H, W] image in [0, 1] for tensorboard (``val/images``), or None."""
+        """A [3, H, W] image in [0, 1] for tensorboard (logged under ``image_tag``), or None. Called right
+        after ``validate`` on the same batch (it may reuse what ``validate`` rendered)."""
         return None
 
     # ---- export
