@@ -1,7 +1,5 @@
 """The project's own view-conditioned diffusion prior (lrm/diffusion/): model, prior interface, sampling, task, CLI."""
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -35,7 +33,7 @@ def task_cfg(tmp_path=None, **over):
     from lrm.diffusion.task import load_task_config
 
     o = ["data.source=synthetic", "data.image_size=16", "train.batch_size=2", "train.val_batch_size=2",
-         "diffusion.val_timesteps=[100,900]", "diffusion.sample_steps=2"]
+         "train.val_timesteps=[100,900]", "train.sample_steps=2"]
     o += [f"model.{k}={v}".replace("'", "").replace("False", "false").replace("True", "true")
           for k, v in TINY.items()]
     o += [f"{k}={v}" for k, v in over.items()]
@@ -208,12 +206,24 @@ def test_load_prior_refuses_bad_folders(tmp_path):
         load_prior(tmp_path / "r")
 
 
-def test_load_prior_dispatches_diffusers_folders(tmp_path, monkeypatch):
-    (tmp_path / "model_index.json").write_text("{}")
-    fake = types.ModuleType("lrm.diffusion.zero123")
-    fake.load_zero123 = lambda path, device: ("zero123", str(path), str(device))
-    monkeypatch.setitem(sys.modules, "lrm.diffusion.zero123", fake)
-    assert load_prior(tmp_path, "cpu") == ("zero123", str(tmp_path), "cpu")
+def test_load_prior_and_the_sampler_take_a_zero123_diffusers_folder(tmp_path, capsys):
+    """A diffusers folder (model_index.json) goes to lrm.diffusion.zero123; the sampling CLI runs on it through the
+    ViewPrior interface alone; a broken one is refused with one CheckpointError."""
+    import shutil
+
+    from _zero123_tiny import write_tiny_zero123
+    from lrm.diffusion import load_prior as package_load_prior
+    from lrm.diffusion.zero123 import Zero123Prior
+
+    folder = write_tiny_zero123(tmp_path / "z123")
+    assert isinstance(package_load_prior(folder, "cpu"), Zero123Prior)
+    rc, cap = _cli([_png(tmp_path / "obj.png"), "--azimuth", "30", "--checkpoint", folder, "--steps", "2",
+                    "--out", tmp_path / "views"], capsys)
+    assert rc == 0, cap.err
+    assert (tmp_path / "views" / "view_az+30_el+0.png").is_file()
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(CheckpointError, match="unet"):
+        load_prior(folder)
 
 
 # ------------------------------------------------------------------------------------------------ task
@@ -253,7 +263,7 @@ def test_task_config_rejects_bad_values():
     with pytest.raises(ConfigError):
         task_cfg(**{"model.attention": "[true]"})  # one flag per level
     with pytest.raises(ConfigError):
-        task_cfg(**{"diffusion.sample_stepz": 3})
+        task_cfg(**{"train.sample_stepz": 3})
     with pytest.raises(ConfigError):
         task_cfg(**{"model.cond_dropout": 1.5})
 

@@ -129,11 +129,14 @@ def load_prior(path: str | os.PathLike | None = None, device: str | torch.device
     folder = Path(path) if path is not None else DEFAULT_PRIOR
     if is_diffusers_folder(folder):
         try:
-            from .zero123 import load_zero123
+            from .zero123 import Zero123FolderError, load_zero123
         except ImportError as e:
             raise CheckpointError(f"{folder} is a diffusers folder, but the Zero-1-to-3 loader "
                                   f"(lrm.diffusion.zero123) is unavailable: {e}") from None
-        return load_zero123(folder, device)
+        try:
+            return load_zero123(folder, device)
+        except (Zero123FolderError, FileNotFoundError) as e:  # one error type for every unusable prior folder
+            raise CheckpointError(str(e)) from None
     return load_pixel_prior(folder, device)
 
 

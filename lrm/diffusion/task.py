@@ -16,16 +16,16 @@ and camera; 0 for a model that ignores them); the image is a grid of rows input 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..cameras import camera_from_vector
-from ..config import CameraDefaults, ConfigError, merge_configs
+from ..training.data import resolve_source
+from ..config import ConfigError
 from ..training.task import Task
 from .model import ViewConditionedUNet, ViewUNetConfig, model_config, train_scheduler
 from .pixel_prior import to_unit_range
@@ -33,70 +33,58 @@ from .prior import relative_camera
 
 log = logging.getLogger(__name__)
 
-#: Defaults of this task's ``data`` keys on top of the trainer's (lrm/training/defaults.py DATA_DEFAULTS).
+#: Defaults of this task's ``data`` keys on top of the trainer's (lrm/training/defaults.py DATA_DEFAULTS): one
+#: input and one target view per object, both on white.
 DATA_OVERRIDES = {"image_size": 64, "num_views_target": 1, "num_input_views": 1, "background": "white",
                   "input_background": "white", "color_jitter": 0.0}
-#: Defaults of this task's ``train`` keys on top of the trainer's TRAIN_DEFAULTS.
+#: This task's ``train`` keys: the runner's own (lrm/training/defaults.py RUNNER_TRAIN_DEFAULTS) with these values,
+#: plus what validation measures and samples.
 TRAIN_OVERRIDES = {"batch_size": 8, "lr": 2.0e-4, "betas": [0.9, 0.999], "weight_decay": 0.01, "warmup_steps": 500,
-                   "min_lr_ratio": 0.1, "grad_clip": 1.0, "val_batch_size": 4}
-#: The ``diffusion`` section: what validation measures and samples.
-DIFFUSION_DEFAULTS = {
+                   "min_lr_ratio": 0.1, "grad_clip": 1.0}
+DIFFUSION_TRAIN_DEFAULTS = {
+    "val_batch_size": 4,  # objects in the fixed validation batch
     "val_timesteps": [50, 250, 500, 750, 950],  # fixed timesteps of the validation loss (each with every object)
     "val_seed": 1234,  # noise of the validation loss and of the sampled grid
-    "sample_steps": 10,  # DDIM steps of the validation grid
-    "sample_guidance": 3.0,  # classifier-free guidance of the validation grid
+    "sample_steps": 10,  # DDIM steps of the validation image grid
+    "sample_guidance": 3.0,  # classifier-free guidance of the validation image grid
 }
+TRAIN_LIMITS = {"train.val_batch_size": (1, 1024), "train.sample_steps": (1, 1000), "train.val_seed": (0, 2 ** 63 - 1)}
 
 
-@dataclass
-class DiffusionTaskConfig:
-    """The config tree of a ``zero123`` run (configs/zero123-tiny.yaml). ``data`` / ``train`` are the trainer's
-    free-form sections with this task's defaults (:data:`DATA_OVERRIDES`, :data:`TRAIN_OVERRIDES`)."""
+def apply_task_defaults(cfg: DictConfig) -> DictConfig:
+    """A copy of a ``task: zero123`` config with its ``model`` section checked and filled (lrm/diffusion/model.py
+    ``ViewUNetConfig``) and the ``data`` / ``train`` defaults of this task merged under it; unknown keys and
+    out-of-range sizes raise :class:`~lrm.config.ConfigError`."""
+    from ..config import check_limits
+    from ..training.defaults import DATA_DEFAULTS, RUNNER_TRAIN_DEFAULTS, SIZE_LIMITS, merge_section
 
-    name: str = "zero123-tiny"
-    task: str = "zero123"
-    seed: int = 0
-    model: ViewUNetConfig = field(default_factory=ViewUNetConfig)
-    camera: CameraDefaults = field(default_factory=CameraDefaults)
-    data: Any = field(default_factory=dict)
-    train: Any = field(default_factory=dict)
-    infer: Any = field(default_factory=dict)
-    diffusion: Any = field(default_factory=dict)
-
-
-def apply_task_defaults(cfg) -> DictConfig:
-    """Schema-check a ``zero123`` config and fill its ``data``, ``train`` and ``diffusion`` defaults."""
-    from ..training.defaults import apply_defaults
-
-    cfg = merge_configs(OmegaConf.structured(DiffusionTaskConfig), cfg)
-    if cfg.task != "zero123":
-        raise ConfigError(f"a DiffusionTask config needs task: zero123, got {cfg.task!r}")
-    model_config(cfg.model)  # range checks
-    with open_dict(cfg):
-        cfg.data = OmegaConf.merge(OmegaConf.create(DATA_OVERRIDES), cfg.data or {})
-        cfg.train = OmegaConf.merge(OmegaConf.create(TRAIN_OVERRIDES), cfg.train or {})
-        base = OmegaConf.create(DIFFUSION_DEFAULTS)
-        OmegaConf.set_struct(base, True)
-        try:
-            cfg.diffusion = OmegaConf.merge(base, cfg.diffusion or {})
-        except Exception as e:  # noqa: BLE001  unknown key
-            raise ConfigError(f"unknown key in the 'diffusion' config section: {str(e).splitlines()[0]}") from None
-    cfg = apply_defaults(cfg)
-    OmegaConf.set_struct(cfg, False)
+    cfg = cfg.copy()
+    task = cfg.get("task", None)
+    if task != "zero123":
+        raise ConfigError(f"a DiffusionTask config needs task: zero123, got {task!r}")
+    mcfg = model_config(cfg.get("model"))
+    try:
+        with open_dict(cfg):
+            cfg.model = OmegaConf.structured(mcfg)
+            OmegaConf.set_struct(cfg.model, False)
+        merge_section(cfg, "data", {**DATA_DEFAULTS, **DATA_OVERRIDES})
+        merge_section(cfg, "train", {**RUNNER_TRAIN_DEFAULTS, **TRAIN_OVERRIDES, **DIFFUSION_TRAIN_DEFAULTS})
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    check_limits(cfg, {**{k: v for k, v in SIZE_LIMITS.items() if k.startswith("data.")}, **TRAIN_LIMITS})
+    ts = list(cfg.train.val_timesteps)
+    if not all(isinstance(t, int) and 0 <= t < mcfg.num_train_timesteps for t in ts):
+        raise ConfigError(f"train.val_timesteps must be integers in [0, {mcfg.num_train_timesteps}), got {ts}")
     return cfg
 
 
 def load_task_config(path=None, overrides: Sequence[str] = ()) -> DictConfig:
-    """A ``zero123`` config from a YAML file (``configs/zero123-tiny.yaml`` by name) and dotted overrides."""
-    from ..config import _load_yaml_with_base, resolve_config_path
+    """A ``zero123`` config as train.py builds it: a YAML file (``configs/zero123-tiny.yaml`` by name) + dotted
+    overrides (lrm/config.py ``load_config``), then this task's and the runner's defaults."""
+    from ..config import load_config
+    from ..training.defaults import apply_defaults
 
-    raw = _load_yaml_with_base(resolve_config_path(path or "zero123-tiny"))
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"overrides must look like key=value, got: {bad}")
-        raw = merge_configs(raw, OmegaConf.from_dotlist(list(overrides)))
-    return apply_task_defaults(raw)
+    return apply_defaults(load_config(path or "zero123-tiny", overrides))
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -153,6 +141,14 @@ class DiffusionTask(Task):
     def apply_defaults(self, cfg: DictConfig) -> DictConfig:
         return apply_task_defaults(cfg)
 
+    def resolve_config(self, cfg: DictConfig) -> None:
+        with open_dict(cfg):
+            cfg.data.source = resolve_source(self._source_cfg(1))  # "auto" decided once, recorded in the run
+        self.cfg.data.source = cfg.data.source
+
+    def _source_cfg(self, batch_size: int) -> DictConfig:
+        return _source_cfg(self.cfg, batch_size)
+
     def build_model(self) -> torch.nn.Module:
         return ViewConditionedUNet(self.model_cfg)
 
@@ -160,7 +156,7 @@ class DiffusionTask(Task):
         from ..training.data import make_source
 
         bs = int(batch_size or (self.cfg.train.batch_size if split == "train" else self.cfg.train.val_batch_size))
-        src = PairSource(make_source(_source_cfg(self.cfg, bs), split, rank, world, bs), self.model_cfg.resolution)
+        src = PairSource(make_source(self._source_cfg(bs), split, rank, world, bs), self.model_cfg.resolution)
         if position:
             src.start(position)
         return src
@@ -198,8 +194,15 @@ class DiffusionTask(Task):
 
     # ---- validation
     def validation_batch(self, device: torch.device) -> Optional[Dict]:
-        d = self.cfg.diffusion
-        batch = self.build_source("val", 0, 1).get(0)
+        d = self.cfg.train
+        n = int(d.val_batch_size)
+        if resolve_source(self._source_cfg(n)) == "synthetic":
+            n = min(n, max(1, int(self.cfg.data.synthetic.num_val_objects)))
+        try:
+            batch = self.build_source("val", 0, 1, batch_size=n).get(0)
+        except FileNotFoundError as e:  # no validation split (tiny data sets): training objects, said so
+            log.warning("no validation split (%s); validating on the first training batch", e)
+            batch = self.build_source("train", 0, 1, batch_size=n).get(0)
         ts = torch.tensor([int(t) for t in d.val_timesteps], dtype=torch.long)
         if ts.numel() == 0:
             return None
@@ -238,7 +241,7 @@ class DiffusionTask(Task):
         from .pixel_prior import PixelPrior, from_unit_range
         from .sample import sample_views
 
-        d = self.cfg.diffusion
+        d = self.cfg.train
         pairs = batch["pairs"]
         device = pairs["target"].device
         was = model.training
@@ -259,5 +262,5 @@ class DiffusionTask(Task):
         save_state_dict(state_dict, self.cfg, out_dir)
 
 
-__all__ = ["DiffusionTask", "DiffusionTaskConfig", "apply_task_defaults", "load_task_config", "view_pairs",
-           "PairSource", "DATA_OVERRIDES", "TRAIN_OVERRIDES", "DIFFUSION_DEFAULTS"]
+__all__ = ["DiffusionTask", "apply_task_defaults", "load_task_config", "view_pairs", "PairSource",
+           "DATA_OVERRIDES", "TRAIN_OVERRIDES", "DIFFUSION_TRAIN_DEFAULTS"]
