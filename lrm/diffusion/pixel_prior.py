@@ -1,0 +1,144 @@
+"""``PixelPrior``: the project's own :class:`~lrm.diffusion.model.ViewConditionedUNet` behind the ``ViewPrior``
+interface (lrm/diffusion/prior.py), and ``load_prior``, which opens any prior folder.
+
+A prior folder is either
+* an exported model folder of the ``zero123`` task: ``model.safetensors`` + ``config.yaml`` (lrm/checkpoint.py
+  conventions: atomic, safetensors only, verified before loading), or
+* a diffusers folder of the public Zero-1-to-3 weights (``model_index.json``), loaded by
+  ``lrm.diffusion.zero123.load_zero123`` (imported only when such a folder is given).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import ViewConditionedUNet, ViewUNetConfig, model_config, train_scheduler
+from .prior import Condition
+
+#: Where ``python -m lrm.diffusion.sample`` looks by default (the trained tiny prior, once trained).
+DEFAULT_PRIOR = Path(__file__).resolve().parents[2] / "checkpoints" / "zero123-tiny"
+
+
+def to_unit_range(rgb: Tensor, resolution: int) -> Tensor:
+    """[N, 3, H, W] RGB in [0, 1] -> [N, 3, resolution, resolution] in [-1, 1] (antialiased bilinear resize)."""
+    if rgb.shape[-1] != resolution or rgb.shape[-2] != resolution:
+        rgb = F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return rgb.clamp(0, 1) * 2.0 - 1.0
+
+
+def from_unit_range(x: Tensor) -> Tensor:
+    """Inverse of :func:`to_unit_range` (without the resize): [-1, 1] -> [0, 1], clamped."""
+    return ((x + 1.0) * 0.5).clamp(0, 1)
+
+
+class PixelPrior:
+    """A :class:`ViewPrior` over a :class:`ViewConditionedUNet` (pixel space; ``encode`` only resizes and scales)."""
+
+    def __init__(self, model: ViewConditionedUNet, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        cfg = model.cfg
+        self.resolution = int(cfg.resolution)
+        self.num_train_timesteps = int(cfg.num_train_timesteps)
+        self.alphas_cumprod = train_scheduler(cfg).alphas_cumprod.to(self.device, torch.float32)
+        self.sample_clip = 1.0  # pixel space: the clean image lies in [-1, 1] (DDIM may clip x0 estimates)
+        self.foreground_ratio: Optional[float] = None  # input framing the prior was trained on (config infer.*)
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        return to_unit_range(rgb.to(self.device, torch.float32), self.resolution)
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return from_unit_range(x0)
+
+    @torch.no_grad()
+    def condition(self, image: Tensor) -> Condition:
+        x = self.encode(image)
+        return Condition(image=image, extras={"cond_image": x, "embedding": self.model.embed_image(x)})
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor) -> Tensor:
+        n = x_t.shape[0]
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
+        rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
+        if cond is None:
+            d = self.model.cfg.image_embed_dim
+            drop = torch.ones(n, dtype=torch.bool, device=self.device)
+            return self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
+                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype))
+        img, emb = cond.extras["cond_image"], cond.extras["embedding"]
+        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1))
+
+
+def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:
+    """A :class:`PixelPrior` from an exported ``zero123`` model folder (``model.safetensors`` + ``config.yaml``).
+    Missing, damaged or mismatching folders raise :class:`lrm.checkpoint.CheckpointError` (one line)."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_weights, verify_safetensors
+    from ..config import ConfigError, read_yaml
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"prior folder not found: {folder}")
+    weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for p in (weights, cfg_path):
+        if not p.is_file():
+            raise CheckpointError(f"prior folder {folder} is incomplete: {p.name} missing")
+    try:
+        raw = read_yaml(cfg_path)
+        task = raw.get("task", None)
+        if task != "zero123":
+            raise ConfigError(f"it is a {task or 'lrm'!r} model folder, not a zero123 prior (task: zero123)")
+        cfg = model_config(raw.get("model"))
+        infer = raw.get("infer") or {}
+        ratio = infer.get("foreground_ratio", None)
+    except ConfigError as e:
+        raise CheckpointError(f"prior config {cfg_path} is not usable: {e}") from None
+    verify_safetensors(weights)
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"prior weights {weights} are unreadable: {e}") from None
+    model = ViewConditionedUNet(cfg)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+           if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"prior {folder} does not match its config: {len(missing)} missing, {len(unexpected)} "
+                              f"unexpected, {len(bad)} mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
+    model.load_state_dict(check_weights(state, own, folder), strict=True)
+    prior = PixelPrior(model, device)
+    prior.foreground_ratio = None if ratio is None else float(ratio)  # how the training views frame objects
+    return prior
+
+
+def is_diffusers_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "model_index.json").is_file()
+
+
+def load_prior(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Any prior folder -> a ``ViewPrior``: a diffusers Zero-1-to-3 folder (``model_index.json``) goes to
+    ``lrm.diffusion.zero123.load_zero123``; anything else is read as an exported ``zero123`` model folder."""
+    from ..checkpoint import CheckpointError
+
+    folder = Path(path) if path is not None else DEFAULT_PRIOR
+    if is_diffusers_folder(folder):
+        try:
+            from .zero123 import Zero123FolderError, load_zero123
+        except ImportError as e:
+            raise CheckpointError(f"{folder} is a diffusers folder, but the Zero-1-to-3 loader "
+                                  f"(lrm.diffusion.zero123) is unavailable: {e}") from None
+        try:
+            return load_zero123(folder, device)
+        except (Zero123FolderError, FileNotFoundError) as e:  # one error type for every unusable prior folder
+            raise CheckpointError(str(e)) from None
+    return load_pixel_prior(folder, device)
+
+
+__all__ = ["PixelPrior", "load_prior", "load_pixel_prior", "is_diffusers_folder", "to_unit_range",
+           "from_unit_range", "DEFAULT_PRIOR", "ViewUNetConfig"]
