@@ -155,14 +155,7 @@ def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch
     with torch.device("meta"):
         model = LRM(cfg, load_pretrained_encoder=False)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
-           if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(
-            f"checkpoint {folder} does not match its config: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(bad)} mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
+    check_keys(state, own, sorted(set(own) - set(state)), f"checkpoint {folder} does not match its config")
     state = check_weights(state, own, folder)
     model.load_state_dict(state, strict=True, assign=True)
     _rebuild_nonpersistent_buffers(model)
@@ -170,6 +163,17 @@ def load_checkpoint(folder: str | os.PathLike | None = None, device: str | torch
     if left:
         raise CheckpointError(f"tensors left uninitialised after loading {folder}: {left[:5]}")
     return model.to(device).eval(), cfg
+
+
+def check_keys(state: dict, own: dict, missing: List[str], what: str) -> None:
+    """Raise :class:`CheckpointError` (``what``: counts and examples) when ``state`` has keys ``own`` lacks, lacks
+    the ``missing`` ones, or has tensors of another shape."""
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+           if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{what}: {len(missing)} missing, {len(unexpected)} unexpected, {len(bad)} "
+                              f"mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
 
 
 def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoint") -> List[str]:
@@ -190,13 +194,7 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
                                       "zero: loading it fresh would change the model's output")
             fresh.append(prefix)
             missing = [k for k in missing if not k.startswith(prefix)]
-    unexpected = sorted(set(state) - set(own))
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
-           if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        raise CheckpointError(
-            f"{source} does not fit this model: {len(missing)} missing, {len(unexpected)} unexpected, {len(bad)} "
-            f"mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
+    check_keys(state, own, missing, f"{source} does not fit this model")
     state = check_weights(state, {k: t for k, t in own.items() if k in state}, source)
     model.load_state_dict(state, strict=False)
     for prefix in fresh:
