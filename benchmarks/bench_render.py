@@ -32,17 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lrm.image_metrics import psnr  # noqa: E402
+
 
 def timed(fn):
     """(result, wall s, CPU s)."""
     w, c = time.perf_counter(), time.process_time()
     out = fn()
     return out, time.perf_counter() - w, time.process_time() - c
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else -10 * np.log10(mse)
 
 
 def protocol_cameras(resolution_views=16):

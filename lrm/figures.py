@@ -19,7 +19,7 @@ import torch
 
 def example_rows(pipe, images, views: int = 4, resolution: int = 128, elevation: float = 20.0):
     from . import cameras as C
-    from .evaluate.raster import render_mesh
+    from .render.raster import render_mesh
 
     cam = pipe.cfg.camera
     c2w = C.orbit_cameras(views, elevation, cam.distance, start_azimuth_deg=45.0)

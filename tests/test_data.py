@@ -539,7 +539,7 @@ def test_validation_pass_covers_the_split_and_scores_an_empty_model_analytically
     from lrm.config import load_config
     from lrm.data import make_loader
     from lrm.models import build_model
-    from lrm.training.losses import psnr
+    from lrm.image_metrics import psnr
     from lrm.training.validation import evaluate_split
 
     out, man = shardset

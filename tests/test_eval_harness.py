@@ -74,7 +74,7 @@ def test_eval_set_layout(evalset):
     o = es.load("box")
     assert o.rgba.shape == (5, 64, 64, 4) and list(o.input_indices) == [0] and list(o.novel_indices) == [1, 2, 3, 4]
     # the GT is in the canonical frame: rendering it from the input camera reproduces the stored input view
-    from lrm.evaluate.raster import render_mesh
+    from lrm.render.raster import render_mesh
 
     again, _ = render_mesh(o.gt_mesh, o.input_c2w, o.input_intrinsics, 64, ambient=0.5)
     assert np.abs(again[..., 3] - o.input_rgba[..., 3] / 255.0).mean() < 0.01

@@ -13,7 +13,7 @@ from lrm import cameras as cam
 from lrm.evaluate import metrics as M
 from lrm.evaluate.align import align_mesh, normalize_mesh
 from lrm.evaluate.evalset import load_eval_set, protocol_cameras, write_eval_object
-from lrm.evaluate.raster import render_mesh
+from lrm.render.raster import render_mesh
 
 
 def _real_mesh():

@@ -51,7 +51,7 @@ OVERFIT = OVERFIT_MODEL + ["data.source=synthetic", "data.image_size=32", "data.
 
 def training_view_psnr(model, cfg):
     """PSNR of full 32² renders of the object's 8 training views (deterministic sampling)."""
-    from lrm.training.losses import psnr
+    from lrm.image_metrics import psnr
     from lrm.training.synthetic import SyntheticMultiView, render_object, random_object, _gen
     from lrm import cameras as cam
 

@@ -3,7 +3,7 @@
     python -m lrm.evaluate --eval-set PATH|dev --method lrm,sphere,hull,meshes:DIR [--out DIR] [--sweep k=v1,v2]
 
 Modules: ``evalset`` (eval-set folders: writer, reader, builder, protocol cameras), ``methods`` (plug-in registry
-and built-in methods/baselines), ``metrics``, ``align``, ``raster`` (fallback mesh renderer), ``runner``
+and built-in methods/baselines), ``metrics``, ``align``, ``runner``
 (resumable per-object evaluation), ``report`` (results.csv, report.md, figures), ``cli`` (this command).
 """
 

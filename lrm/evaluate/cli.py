@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--save-meshes", action="store_true", help="also write each (aligned) predicted mesh")
     ap.add_argument("--mesh-renderer", default=None, metavar="MODULE:FUNC",
                     help="mesh renderer for mesh-only methods, render_mesh(mesh, c2w, intrinsics, resolution) -> "
-                         "(rgba, depth) (default: lrm.evaluate.raster.render_mesh). Use the same renderer that "
+                         "(rgba, depth) (default: lrm.render.raster.render_mesh). Use the same renderer that "
                          "made the eval set's GT views")
     ap.add_argument("--quiet", action="store_true")
     return ap

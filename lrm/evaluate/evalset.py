@@ -52,7 +52,7 @@ DEFAULT_PROTOCOL = {
     "sample_seed": 0,
     "input_elevation_range_deg": [0.0, 30.0],  # the input view's elevation is drawn uniformly in this range
     "extra_input_views_deg": [],  # [[azimuth, elevation], ...] more input views (multi-view methods)
-    "shading_ambient": 0.5,  # mesh renders: albedo * (ambient + (1 - ambient) |n.v|), see lrm/evaluate/raster.py
+    "shading_ambient": 0.5,  # mesh renders: albedo * (ambient + (1 - ambient) |n.v|), see lrm/render/raster.py
 }
 
 
@@ -271,7 +271,7 @@ def _render(parts, c2w, intr, resolution, renderer, ambient) -> np.ndarray:
 
         return render_mesh(parts, c2w, intr, resolution, samples=4, normals=False, depth=False)["rgba"]
     from ..data.mesh import to_vertex_colored
-    from .raster import render_views
+    from ..render.raster import render_views
 
     mesh = parts[0] if len(parts) == 1 else to_vertex_colored(parts)
     kw = {} if renderer is not None else {"ambient": ambient}
@@ -305,7 +305,7 @@ def build_eval_object(root, uid: str, mesh, seed: int = 0, renderer=None, protoc
     rec.update(seed=seed, resolution=p["resolution"], faces=int(sum(len(q.faces) for q in canon)))
     rec.update(record or {})
     rec["renderer"] = ("moderngl-egl" if renderer == "gl" else
-                       getattr(renderer, "__module__", None) or "lrm.evaluate.raster")
+                       getattr(renderer, "__module__", None) or "lrm.render.raster")
     n_in = 1 + len(extra)
     return write_eval_object(root, uid, to_vertex_colored(canon), rgba, c2w, intr, list(range(n_in)),
                              list(range(n_in, len(c2w))), rec, p)

@@ -513,7 +513,7 @@ class GTMultiViewLRM(LRMMethod):
 
     Where the extra views come from (``gt_views``): ``stored`` = the eval set's own views at those poses (its extra
     input views, or any stored view whose camera matches within 1e-4: same renderer as the input view); ``render``
-    = the GT mesh rasterised at those poses (the harness's ``--mesh-renderer``, default lrm.evaluate.raster with the
+    = the GT mesh rasterised at those poses (the harness's ``--mesh-renderer``, default lrm.render.raster with the
     protocol's shading); ``auto`` (default) = stored when every pose is stored, else render. The views are fed as
     rendered (composited on white, true cameras canonicalised to the input view), like ``lrm``'s
     ``preprocess=none``. Note: views at protocol poses are also scored as novel views. Other parameters: ``lrm``'s."""
@@ -564,7 +564,7 @@ class GTMultiViewLRM(LRMMethod):
             raise PredictionError(f"gt_views=stored: the eval set has no view at azimuth:elevation {missing}")
         if mode != "render" and all(i is not None for i in stored):
             return obj.rgba[[int(i) for i in stored]], "stored"
-        from .raster import render_views
+        from ..render.raster import render_views
 
         res = obj.input_rgba.shape[:2]
         kw = {} if ctx.mesh_renderer is not None else {"ambient": ctx.protocol.get("shading_ambient", 1.0)}

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..conventions import CUBE_RADIUS
+from ..image_metrics import mask_iou, psnr  # noqa: F401 (the harness's image metrics; one definition)
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +105,11 @@ def composite(rgba: np.ndarray, background=(1.0, 1.0, 1.0)) -> np.ndarray:
     return rgba[..., :3] * a + np.asarray(background, np.float32) * (1 - a)
 
 
-def psnr(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(gt, np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(data_range ** 2 / mse))
-
-
 def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(np.asarray(pred, np.float64), np.asarray(gt, np.float64),
                                        channel_axis=-1, data_range=data_range))
-
-
-def mask_iou(pred_mask: np.ndarray, gt_mask: np.ndarray, threshold: float = 0.5) -> float:
-    p, g = np.asarray(pred_mask) >= threshold, np.asarray(gt_mask) >= threshold
-    union = np.logical_or(p, g).sum()
-    return float(np.logical_and(p, g).sum() / union) if union else 1.0
 
 
 def load_lpips():

@@ -32,7 +32,7 @@ from . import metrics as M
 from .align import align_mesh
 from .evalset import EvalObject, EvalSet
 from .methods import Method, MethodError, Prediction, PredictionError, RunContext, make_method, method_defaults
-from .raster import render_views
+from ..render.raster import render_views
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class RunOptions:
     seed: int = 0
     retry_failed: bool = False
     save_meshes: bool = False
-    mesh_renderer: Optional[Callable] = None  # None: lrm.evaluate.raster.render_mesh
+    mesh_renderer: Optional[Callable] = None  # None: lrm.render.raster.render_mesh
     lpips_fn: Optional[Callable] = None
     max_objects: int = 0
     progress: Callable[[str], None] = print

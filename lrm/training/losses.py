@@ -97,17 +97,6 @@ def tv_loss(triplanes: torch.Tensor) -> torch.Tensor:
     return dh.pow(2).mean() + dw.pow(2).mean()
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mse = F.mse_loss(pred.float(), target.float())
-    return -10 * torch.log10(mse.clamp_min(1e-10))
-
-
-def mask_iou(opacity: torch.Tensor, mask: torch.Tensor, thresh: float = 0.5) -> torch.Tensor:
-    p, m = opacity > thresh, mask > thresh
-    union = (p | m).sum()
-    return (p & m).sum() / union if union > 0 else torch.ones(())
-
-
 def occupancy_bce(density: torch.Tensor, inside: torch.Tensor, step: float) -> torch.Tensor:
     """BCE between the opacity ``1 - exp(-density * step)`` of a fixed step length and 0/1 labels, in a stable
     form: outside costs ``density * step``, inside ``-log(1 - exp(-density * step))``."""

@@ -19,7 +19,8 @@ from .. import cameras as cam
 from ..checkpoint import save_state_dict
 from ..data.batch import check_batch
 from .data import make_source, resolve_source
-from .losses import compute_losses, load_lpips, mask_iou, psnr
+from ..image_metrics import mask_iou, psnr
+from .losses import compute_losses, load_lpips
 from .runner import to_device
 from .task import Task
 

@@ -26,10 +26,10 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
                          mc_resolution: int = 65) -> List[float]:
     """For each density threshold: marching-cubes mesh of the triplane, rasterised at the views' cameras
     (c2w [V, 4, 4], intrinsics [V, 4]), silhouette IoU against ``masks`` [V, H, W] (pooled over the views)."""
-    from lrm.evaluate.raster import render_mesh
+    from lrm.render.raster import render_mesh
     from lrm.mesh import build_trimesh, density_grid, marching_cubes
 
-    from .losses import mask_iou
+    from ..image_metrics import mask_iou
 
     radius = float(model.cfg.render.radius)
     grid, _ = density_grid(lambda p: model.query(triplane, p[None])["density"][0], mc_resolution, radius,
@@ -43,7 +43,7 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
             continue
         mesh = build_trimesh(verts, faces)
         sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] for i in range(len(c2w))])
-        out.append(float(mask_iou(torch.from_numpy(sil), masks)))
+        out.append(mask_iou(sil, masks))
     return out
 
 
