@@ -6,6 +6,7 @@
         [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
         [--refine sds|ref|scratch [--prior DIR] [--refine-steps N]]
     python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
+    python infer.py image.png --frontend mv [--prior DIR] [--mv-checkpoint DIR] [--frontend-steps N]
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
 preprocessed model input), input_mask.png (its alpha), turntable.mp4 with --video, and timings.json. With --refine
@@ -15,6 +16,9 @@ An existing OUT/<name> is replaced only if infer.py wrote it (its .lrm-output.js
 anything else is refused unless --overwrite is given (docs/guarantees.md).
 With --cameras, the images are views of ONE object with known cameras (format: docs/inference.md,
 lrm/cameras_file.py): one output folder OUT/<first image's name>/, with input_views.png beside input.png.
+With --frontend mv, a diffusion prior first generates views at azimuth 90/180/270 (lrm/frontend.py) and a
+multi-view checkpoint reconstructs from the input and them; OUT/<name>/ also holds generated_views.png and one
+view_az*_el*.png per generated view (docs/inference.md, "Multi-view front end").
 """
 from __future__ import annotations
 
@@ -55,9 +59,16 @@ def parse_args(argv=None):
                    help="replace OUT/<name> even if it is not a folder infer.py wrote")
     p.add_argument("--refine", default=None, choices=["sds", "ref", "scratch"],
                    help="refine the triplane after reconstruction (sds: + diffusion prior; ref: input view only)")
-    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch "
+    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch and --frontend mv "
                    "(default: checkpoints/zero123-tiny)")
     p.add_argument("--refine-steps", type=int, default=None, help="refinement steps (default: RefineConfig.steps)")
+    p.add_argument("--frontend", default=None, choices=["mv"],
+                   help="mv: generate views with the diffusion prior (--prior), reconstruct with a multi-view model")
+    p.add_argument("--mv-checkpoint", default=None,
+                   help="multi-view checkpoint for --frontend mv (default: checkpoints/mv-tiny)")
+    p.add_argument("--frontend-steps", type=int, default=None, help="DDIM steps of --frontend mv (default 50)")
+    p.add_argument("--frontend-guidance", type=float, default=None, help="CFG scale of --frontend mv (default 3)")
+    p.add_argument("--frontend-seed", type=int, default=None, help="noise seed of --frontend mv (default 0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -156,6 +167,8 @@ def main(argv=None) -> int:
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
                 texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
+    if args.frontend:
+        return main_frontend(args, opts, out_root)
     if args.cameras:
         return main_views(args, opts, out_root)
     try:
@@ -271,6 +284,114 @@ def main_views(args, opts, out_root: Path) -> int:
         sweep_stale(out_root)
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
         process_views(pipe, rig, args, out_root)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    print(f"total {time.perf_counter() - T_START:.2f}s")
+    return 0
+
+
+# ------------------------------------------------------------------ multi-view front end (--frontend mv)
+def frontend_config(args):
+    """FrontendConfig from the --frontend-* flags, checked."""
+    import math
+
+    from lrm.frontend import FrontendConfig
+    from lrm.preprocess import InputError
+
+    cfg = FrontendConfig()
+    steps = cfg.steps if args.frontend_steps is None else args.frontend_steps
+    guidance = cfg.guidance if args.frontend_guidance is None else args.frontend_guidance
+    if not 1 <= steps <= 1000:
+        raise InputError(f"--frontend-steps must be in [1, 1000], got {steps}")
+    if not (math.isfinite(guidance) and 0.0 <= guidance <= 100.0):
+        raise InputError(f"--frontend-guidance must be in [0, 100], got {guidance}")
+    return FrontendConfig(steps=int(steps), guidance=float(guidance),
+                          seed=cfg.seed if args.frontend_seed is None else int(args.frontend_seed))
+
+
+def process_frontend(args, fe, prior_dir: Path, mv_dir: Path, opts, out_root: Path) -> Path:
+    """lrm.frontend.run_frontend (prior -> views, freed -> multi-view LRM) -> OUT/<name>/ with the generated views."""
+    from lrm.cameras import fov_from_intrinsics
+    from lrm.frontend import run_frontend, view_file_name, views_strip
+    from lrm.outdir import make_temp_dir, publish
+    from lrm.outputs import require_surface, save_image, write_result
+
+    image = args.images[0]
+    fr = run_frontend(image, prior_dir, mv_dir, fe, args.device, args.mask, args.video, progress=True, **opts)
+    result, gen = fr.result, fr.generated
+    require_surface(result, image)
+    final = out_root / output_name(image)
+    tmp = make_temp_dir(final)
+    try:
+        t = time.perf_counter()
+        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
+                             radius=fr.radius)
+        save_image(views_strip(gen.images), tmp / "generated_views.png")
+        save_image(views_strip(fr.views), tmp / "input_views.png")
+        names = [view_file_name(p) for p in gen.poses]
+        for name, view in zip(names, gen.images):
+            save_image(view, tmp / name)
+        result.timings["export"] = time.perf_counter() - t
+        info = {"image": str(image), "frontend": "mv", "prior": str(prior_dir), "checkpoint": str(mv_dir),
+                "device": fr.device, "faces": int(len(result.mesh.faces)),
+                "vertices": int(len(result.mesh.vertices)), "timings_s": result.timings, "stats": result.stats,
+                "mesh": [f.name for f in files[args.format]],
+                "generated_views": {**gen.info, "files": names, "prior_foreground_ratio": fr.prior_foreground_ratio,
+                                    "distance": float(gen.c2w[0, :3, 3].norm()),
+                                    "fov_deg": float(fov_from_intrinsics(gen.intrinsics[0]))}}
+        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
+        publish(tmp, final, overwrite=args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"{image}: {len(gen.poses)} generated views ({fe.steps} DDIM steps, {gen.seconds:.2f}s) + input -> "
+          f"{info['faces']} faces -> {final}/mesh.{args.format}  "
+          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return final
+
+
+def main_frontend(args, opts, out_root: Path) -> int:
+    """infer.py IMAGE --frontend mv: every check (options, image, output folder, prior folder, multi-view checkpoint
+    from its config) before any model is loaded; one error line and exit 2 on bad input."""
+    from lrm.checkpoint import CheckpointError
+    from lrm.config import ConfigError
+    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR
+    from lrm.frontend import DEFAULT_MV_CHECKPOINT, check_multiview_checkpoint
+    from lrm.outdir import OutputExistsError, check_target, sweep_stale
+    from lrm.pipeline import check_options
+    from lrm.preprocess import InputError, load_image
+
+    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
+    try:
+        opts = check_options(opts)
+        for flag, given in (("--cameras", args.cameras), ("--refine", args.refine), ("--checkpoint", args.checkpoint)):
+            if given:
+                raise InputError(f"--frontend mv does not take {flag} (the multi-view model: --mv-checkpoint)")
+        if len(args.images) != 1:
+            raise InputError(f"--frontend mv takes one image, got {len(args.images)} (run once per image)")
+        fe = frontend_config(args)
+        load_image(args.images[0])
+        if args.mask is not None:
+            load_image(args.mask)
+        check_target(out_root / output_name(args.images[0]), args.overwrite)
+        prior_dir = Path(args.prior) if args.prior else DEFAULT_PRIOR
+        if not prior_dir.exists():
+            raise CheckpointError(f"diffusion prior not found: {prior_dir} (train one: docs/diffusion.md; or pass "
+                                  "--prior DIR)")
+        mv_dir, _ = check_multiview_checkpoint(Path(args.mv_checkpoint) if args.mv_checkpoint
+                                               else DEFAULT_MV_CHECKPOINT)
+        check_output_dir(out_root)
+        sweep_stale(out_root)
+        process_frontend(args, fe, prior_dir, mv_dir, opts, out_root)
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

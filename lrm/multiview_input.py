@@ -34,8 +34,6 @@ def prepare_views(pipe, images: Sequence, rig: CameraRig) -> Tuple[np.ndarray, t
 def run_views(pipe, images: Sequence, rig: CameraRig, video: bool = False, progress=None):
     """Images (paths or arrays) + their cameras -> (:class:`lrm.pipeline.Result`, views [V, S, S, 3]).
     ``Result.input_image`` is the first view; the mesh is in its canonical frame."""
-    from .pipeline import Result
-
     if len(images) > 1 and getattr(pipe.model, "view_embed", None) is None:
         raise CamerasFileError(f"{len(images)} views need a multi-view checkpoint (model.transformer.multiview; "
                                "e.g. one trained with --config mv-tiny); this one takes one view")
@@ -46,9 +44,23 @@ def run_views(pipe, images: Sequence, rig: CameraRig, video: bool = False, progr
     views, cams, sources = prepare_views(pipe, images, rig)
     timings["preprocess"] = time.perf_counter() - t
     stats["mask_source"] = ",".join(sources)
+    result = reconstruct_views(pipe, views, cams, timings, stats, video, report)
+    return result, views
+
+
+def reconstruct_views(pipe, views: np.ndarray, cameras: torch.Tensor, timings: Optional[dict] = None,
+                      stats: Optional[dict] = None, video: bool = False, progress=None):
+    """Prepared views [V, S, S, 3] + camera vectors [V, 16] in view 0's canonical frame -> :class:`lrm.pipeline.Result`
+    (model, mesh, optional turntable; ``input_image`` = view 0). Shared by ``--cameras`` and the multi-view front end
+    (lrm/frontend.py)."""
+    from .pipeline import Result
+
+    report = progress or (lambda stage, done: None)
+    timings = {} if timings is None else timings
+    stats = {"views": len(views)} if stats is None else stats
     report("model", 0.0)
     t = time.perf_counter()
-    tri = pipe.triplane_views(views, cams)
+    tri = pipe.triplane_views(views, cameras)
     timings["model"] = time.perf_counter() - t
     report("mesh", 0.0)
     mesh = pipe.extract_mesh(tri, timings, stats)
@@ -57,5 +69,4 @@ def run_views(pipe, images: Sequence, rig: CameraRig, video: bool = False, progr
         t = time.perf_counter()
         frames = pipe.turntable(tri, progress=report)
         timings["turntable"] = time.perf_counter() - t
-    result = Result(mesh=mesh, triplane=tri.cpu(), input_image=views[0], timings=timings, frames=frames, stats=stats)
-    return result, views
+    return Result(mesh=mesh, triplane=tri.cpu(), input_image=views[0], timings=timings, frames=frames, stats=stats)

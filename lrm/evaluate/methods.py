@@ -15,7 +15,8 @@ RGBA [V, H, W, 4] in [0, 1]; when absent, the harness rasterises the mesh with t
 Built in: ``lrm`` (a checkpoint through ``lrm.pipeline.Pipeline``, or any ``LRM`` model object via
 :class:`ModelAdapter`), ``meshes:DIR`` (outside tools' meshes, one file per uid), and the calibration baselines
 ``sphere``, ``hull`` and the oracle ``bbox``; ``gt-mv+lrm`` (a sparse-view model fed GT views at the multi-view
-front end's poses). ``lrm+sds``, ``sds`` and ``mv+lrm`` are registered as not available yet (their issues add them).
+front end's poses) and ``mv+lrm`` (the same model fed views a diffusion prior generated at those poses);
+``lrm+ref``, ``lrm+sds`` and ``sds`` (refinement).
 """
 from __future__ import annotations
 
@@ -131,7 +132,6 @@ def method_defaults(spec: str) -> Dict[str, object]:
 
 register_unavailable("lrm+sds", "SDS refinement of an LRM prediction is added by its own issue")
 register_unavailable("sds", "SDS optimisation from scratch is added by its own issue")
-register_unavailable("mv+lrm", "multi-view diffusion + LRM is added by its own issue")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -582,6 +582,67 @@ class GTMultiViewLRM(LRMMethod):
         info["t_gt_views"] = time.perf_counter() - t0
         a = rgba.astype(np.float32) / 255.0
         images = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])  # on white, as lrm's preprocess=none
+        t1 = time.perf_counter()
+        tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
+                                          np.concatenate([obj.input_intrinsics[None], intr_x]))
+        info["t_model"] = time.perf_counter() - t1
+        mesh = self.extract(tri, info)
+        return self.prediction(tri, mesh, info, ctx)
+
+
+@register_method("mv+lrm")
+class MultiViewLRM(GTMultiViewLRM):
+    """The multi-view front end (lrm/frontend.py): the eval input view (as rendered, on white) goes to a view prior,
+    which generates the views at ``extra_views`` (the poses of ``gt-mv+lrm``, at the input camera's distance and
+    FoV), and the same sparse-view model reconstructs from the input and them. So ``mv+lrm`` minus ``gt-mv+lrm``
+    is the error of the generated views. Parameters: ``gt-mv+lrm``'s (``gt_views`` unused) plus ``prior`` (a prior
+    folder; default checkpoints/zero123-tiny), ``steps`` (DDIM), ``guidance`` (CFG scale), ``seed`` (the noise; the
+    same for every object). ``info``: ``t_frontend`` (sampling seconds), ``t_model``, the mesh timings."""
+
+    defaults = {**GTMultiViewLRM.defaults, "prior": None, "steps": 50, "guidance": 3.0, "seed": 0}
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        from ..checkpoint import CheckpointError
+        from ..diffusion import load_prior
+        from ..diffusion.pixel_prior import DEFAULT_PRIOR
+        from ..frontend import check_poses
+        from ..preprocess import InputError
+
+        try:
+            check_poses(self.poses[: int(self.params["num_views"]) - 1] or [(90.0, 0.0)])
+        except InputError as e:
+            raise MethodError(f"{self.name}: extra_views: {e}") from None
+        path = Path(self.params["prior"]) if self.params["prior"] else DEFAULT_PRIOR
+        if not path.exists():
+            raise MethodError(f"{self.name}: diffusion prior not found: {path} (set prior=DIR)")
+        try:
+            self.prior = load_prior(path, device=ctx.device)
+        except CheckpointError as e:
+            raise MethodError(f"{self.name}: {e}") from None
+
+    def generated_views(self, obj, n: int, image: np.ndarray):
+        """The :class:`lrm.frontend.GeneratedViews` of the first ``n`` extra poses (RGB on white, float [n, H, W, 3]),
+        at the input camera's distance and FoV."""
+        from ..frontend import generate_views
+
+        p = self.params
+        fov = float(np.degrees(2 * np.arctan(0.5 / float(obj.input_intrinsics[1]))))
+        return generate_views(self.prior, image, self.poses[:n], int(p["steps"]), float(p["guidance"]), int(p["seed"]),
+                              distance=float(np.linalg.norm(obj.input_c2w[:3, 3])), fov_deg=fov)
+
+    def predict(self, obj, ctx):
+        c2w_x, intr_x = self.extra_cameras(obj)
+        info = {"source": self.source, "num_views": 1 + len(c2w_x)}
+        image = _input_rgb_on_white(obj)
+        images = image[None]
+        t0 = time.perf_counter()
+        if len(c2w_x):
+            gen = self.generated_views(obj, len(c2w_x), image)
+            images = np.concatenate([images, gen.images])
+            info.update({"prior_steps": gen.info["steps"], "prior_guidance": gen.info["guidance"],
+                         "prior_resolution": gen.info["prior_resolution"]})
+        info["t_frontend"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
                                           np.concatenate([obj.input_intrinsics[None], intr_x]))
