@@ -149,7 +149,6 @@ def _cli(*args):
 @pytest.mark.parametrize("args,needle", [
     (["--eval-set", "/nonexistent/set", "--method", "sphere"], "evaluation set not found"),
     (["--eval-set", "/tmp", "--method", "nosuchmethod"], "unknown method 'nosuchmethod'"),
-    (["--eval-set", "/tmp", "--method", "lrm+sds"], "not available yet"),
     (["--eval-set", "/tmp", "--method", "sphere", "--sweep", "nokey=1,2"], "no selected method has a parameter"),
     (["--eval-set", "/tmp", "--method", "sphere,meshes:/nonexistent/dir"], "meshes: no such folder"),
 ])
@@ -246,3 +245,16 @@ def test_mesh_with_nan_vertices_is_reported_as_such(evalset, tmp_path):
     assert main(["--eval-set", str(evalset.root), "--method", f"meshes:{d}", "--out", str(out), "--quiet"]) == 0
     rec = json.loads(next((out / "objects").glob("*/box.json")).read_text())
     assert rec["status"] == "failed" and "non-finite vertices" in rec["error"], rec.get("error")
+
+
+def test_a_method_announced_but_not_built_says_so():
+    from lrm.evaluate.methods import MethodError, _UNAVAILABLE, make_method, register_unavailable
+
+    register_unavailable("_test_future", "added by a later issue")
+    try:
+        with pytest.raises(MethodError, match="'_test_future' is not available yet: added by a later issue"):
+            make_method("_test_future")
+        register_unavailable("lrm+sds", "must not hide a registered method")
+        assert "lrm+sds" not in _UNAVAILABLE
+    finally:
+        _UNAVAILABLE.pop("_test_future", None)

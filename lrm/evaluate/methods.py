@@ -130,8 +130,6 @@ def method_defaults(spec: str) -> Dict[str, object]:
     return dict(cls.defaults) if cls else {}
 
 
-register_unavailable("lrm+sds", "SDS refinement of an LRM prediction is added by its own issue")
-register_unavailable("sds", "SDS optimisation from scratch is added by its own issue")
 
 
 # ------------------------------------------------------------------------------------------ helpers
