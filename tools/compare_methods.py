@@ -1,27 +1,37 @@
-"""Per-object comparison of two methods in an evaluation run (``results.csv`` of ``python -m lrm.evaluate``):
-the share of objects on which method B beats method A on each metric, and the mean differences.
+"""Per-object comparison of two methods in an evaluation run: the share of objects on which method B beats
+method A on each metric, and the means. RESULTS is a run folder of ``python -m lrm.evaluate`` (every record of every
+method run into it, from ``objects/*/*.json``) or one run's ``results.csv``.
 
-    python tools/compare_methods.py runs/eval_refine/results.csv lrm lrm+sds [--metrics psnr,fscore@0.02,chamfer]
+    python tools/compare_methods.py runs/eval_refine lrm lrm+sds [--metrics psnr,fscore@0.02,chamfer]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
+from pathlib import Path
 
 LOWER_IS_BETTER = {"chamfer"}
 
 
+def records(path):
+    path = Path(path)
+    if path.is_dir():
+        return [json.loads(f.read_text()) for f in sorted(path.glob("objects/*/*.json"))]
+    return list(csv.DictReader(open(path)))
+
+
 def load(path, method):
-    rows = [r for r in csv.DictReader(open(path)) if r["method"] == method and r["status"] == "ok"]
-    return {r["uid"]: r for r in rows}
+    return {r["uid"]: r for r in records(path) if r["method"] == method and r["status"] == "ok"}
 
 
 def compare(a: dict, b: dict, metric: str):
     uids = sorted(set(a) & set(b))
-    if uids and metric not in a[uids[0]]:
-        raise KeyError(f"no metric {metric!r} in the results (columns: {', '.join(a[uids[0]])})")
-    pairs = [(float(a[u][metric]), float(b[u][metric])) for u in uids if a[u][metric] and b[u][metric]]
+    if uids and not any(metric in a[u] or metric in b[u] for u in uids):
+        raise KeyError(f"no metric {metric!r} in the results (e.g. {', '.join(list(a[uids[0]])[:12])})")
+    pairs = [(float(a[u][metric]), float(b[u][metric])) for u in uids  # objects where both have it
+             if a[u].get(metric) not in ("", None) and b[u].get(metric) not in ("", None)]
     if not pairs:
         return None
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
