@@ -3,6 +3,7 @@ method A on each metric, and the means. RESULTS is a run folder of ``python -m l
 method run into it, from ``objects/*/*.json``) or one run's ``results.csv``.
 
     python tools/compare_methods.py runs/eval_refine lrm lrm+sds [--metrics psnr,fscore@0.02,chamfer]
+        [--plot docs/images/refine_quality_vs_time.png]     # every method of the run: mean quality vs seconds
 """
 from __future__ import annotations
 
@@ -40,12 +41,40 @@ def compare(a: dict, b: dict, metric: str):
             "mean_a": sum(x for x, _ in pairs) / len(pairs), "mean_b": sum(y for _, y in pairs) / len(pairs)}
 
 
+def plot_quality_vs_time(path, out, metrics=("psnr", "fscore@0.02")) -> None:
+    """Mean of each metric (empty meshes count as 0) against mean seconds per object, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {}
+    for r in records(path):
+        if r["status"] == "ok":
+            by.setdefault(r["method"], []).append(r)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], metrics):
+        for m, rs in sorted(by.items()):
+            t = sum(float(r["time_s"]) for r in rs) / len(rs)
+            v = sum(float(r.get(k) or 0.0) for r in rs) / len(rs)
+            ax.scatter(t, v)
+            ax.annotate(m, (t, v), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per object")
+        ax.set_ylabel(k)
+    fig.suptitle(f"{path}: mean quality against time")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results")
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--metrics", default="psnr,fscore@0.02,chamfer,volume_iou")
+    ap.add_argument("--plot", default=None, help="also write a quality-vs-seconds plot of every method here")
     args = ap.parse_args(argv)
     a, b = load(args.results, args.a), load(args.results, args.b)
     if not a or not b:
@@ -61,6 +90,8 @@ def main(argv=None) -> int:
             return 2
         if c:
             print(f"| {m} | {c['objects']} | {c['wins']} | {c['share']:.0%} | {c['mean_a']:.4g} | {c['mean_b']:.4g} |")
+    if args.plot:
+        plot_quality_vs_time(args.results, args.plot)
     return 0
 
 
