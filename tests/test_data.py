@@ -557,3 +557,21 @@ def test_validation_pass_covers_the_split_and_scores_an_empty_model_analytically
     expected = [float(psnr(torch.ones_like(x["target_rgb"][:, :2]), x["target_rgb"][:, :2])) for x in loader]
     assert a["psnr"] == pytest.approx(sum(expected) / len(expected), abs=1e-3)
     assert a["mask_iou"] == 0.0
+
+
+def test_to_vertex_colored_keeps_vertex_and_face_colours():
+    """GT meshes of evaluation sets keep their colours (a vertex-coloured part was once written grey)."""
+    import trimesh
+
+    from lrm.data.mesh import to_vertex_colored
+
+    box = trimesh.creation.box((1, 1, 1))
+    box.visual.vertex_colors = np.tile([200, 50, 40, 255], (len(box.vertices), 1))
+    other = trimesh.creation.box((1, 1, 1))
+    other.visual.face_colors = np.tile([10, 220, 30, 255], (len(other.faces), 1))
+    out = to_vertex_colored([box, other])
+    n = len(box.vertices)
+    assert (out.visual.vertex_colors[:n] == [200, 50, 40, 255]).all()
+    assert (out.visual.vertex_colors[n:] == [10, 220, 30, 255]).all()
+    plain = trimesh.Trimesh(box.vertices, box.faces, process=False)
+    assert (to_vertex_colored([plain]).visual.vertex_colors[:, :3] >= 100).all()  # untextured: a neutral grey

@@ -147,7 +147,8 @@ def to_vertex_colored(parts: Sequence[trimesh.Trimesh]) -> trimesh.Trimesh:
     for p in parts:
         q = trimesh.Trimesh(vertices=np.asarray(p.vertices), faces=np.asarray(p.faces), process=False)
         try:
-            colors = p.visual.to_color().vertex_colors
+            visual = p.visual if isinstance(p.visual, trimesh.visual.ColorVisuals) else p.visual.to_color()
+            colors = visual.vertex_colors  # vertex or face colours (face colours averaged to the vertices)
             colors = np.asarray(colors, dtype=np.uint8)
             if colors.shape != (len(p.vertices), 4):
                 raise ValueError
