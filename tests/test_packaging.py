@@ -76,7 +76,7 @@ def test_console_scripts_resolve_in_a_core_install():
     """Every [project.scripts] entry names a callable in the installed package (lrm-train, lrm-build-data,
     lrm-build-evalset, lrm-evaluate, ...), importable without the optional extras."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"lrm-train", "lrm-build-data", "lrm-build-evalset", "lrm-evaluate"} <= set(scripts)
+    assert {"lrm-train", "lrm-infer", "lrm-build-data", "lrm-build-evalset", "lrm-evaluate"} <= set(scripts)
     code = "import importlib\n" + "".join(
         f"m, _, f = {target!r}.partition(':'); assert callable(getattr(importlib.import_module(m), f)), {name!r}\n"
         for name, target in scripts.items()) + "print('ok')\n"
