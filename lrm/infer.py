@@ -90,30 +90,68 @@ def refine_target(out_root: Path, image: str, mode: str) -> Path:
     return default_target(out_root / output_name(image), mode)
 
 
-def process(pipe, image: str, args, out_root: Path, prior=None) -> Path:
-    from lrm.outputs import require_surface, write_result
-
+def publish_result(result, final: Path, args, info: dict, radius: float, extra=None) -> dict:
+    """Write ``result`` (mesh in ``args.format``, video, input images) plus ``extra(tmp)``'s files and
+    timings.json into a temporary folder, then rename it to ``final`` (nothing half-written is ever visible).
+    Returns timings.json's content: ``info`` + faces, vertices, timings, stats and the mesh files."""
     from lrm.outdir import make_temp_dir, publish
+    from lrm.outputs import write_result
 
-    final = out_root / output_name(image)
     tmp = make_temp_dir(final)
     try:
-        result = pipe.run(image, mask=args.mask, video=args.video)
-        require_surface(result, image)
         t = time.perf_counter()
-        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
-                             radius=pipe.cfg.model.render.radius)
+        files = write_result(result, tmp, [args.format], args.orientation, args.video_format, radius=radius)
+        if extra is not None:
+            info = {**info, **(extra(tmp) or {})}
         result.timings["export"] = time.perf_counter() - t
-        info = {"image": str(image), "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
-                "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
+        info = {**info, "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
                 "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
         (tmp / "timings.json").write_text(json.dumps(info, indent=2))
         publish(tmp, final, overwrite=args.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"{image}: {info['faces']} faces -> {final}/mesh.{args.format}  "
-          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    return info
+
+
+def timings_line(result) -> str:
+    return "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+
+
+def run_command(args, work) -> int:
+    """``work()`` under the command's error contract: bad input -> one ``error:`` line and exit 2; anything else ->
+    one line and exit 1 (a traceback with --debug); Ctrl-C -> 130."""
+    from lrm.checkpoint import CheckpointError
+    from lrm.config import ConfigError
+    from lrm.outdir import OutputExistsError
+    from lrm.preprocess import InputError
+
+    try:
+        work()
+    except (InputError, CheckpointError, ConfigError, OutputExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    print(f"total {time.perf_counter() - T_START:.2f}s")
+    return 0
+
+
+def process(pipe, image: str, args, out_root: Path, prior=None) -> Path:
+    from lrm.outputs import require_surface
+
+    final = out_root / output_name(image)
+    result = pipe.run(image, mask=args.mask, video=args.video)
+    require_surface(result, image)
+    info = {"image": str(image), "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device)}
+    info = publish_result(result, final, args, info, pipe.cfg.model.render.radius)
+    print(f"{image}: {info['faces']} faces -> {final}/mesh.{args.format}  {timings_line(result)}")
     if args.refine:
         from lrm.refine import refine_to_folder
 
@@ -234,30 +272,19 @@ def process_views(pipe, rig, args, out_root: Path) -> Path:
     import numpy as np
 
     from lrm.multiview_input import run_views
-    from lrm.outdir import make_temp_dir, publish
-    from lrm.outputs import require_surface, save_image, write_result
+    from lrm.outputs import require_surface, save_image
 
     final = out_root / output_name(args.images[0])
-    tmp = make_temp_dir(final)
-    try:
-        result, views = run_views(pipe, args.images, rig, video=args.video)
-        require_surface(result, args.images[0])
-        t = time.perf_counter()
-        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
-                             radius=pipe.cfg.model.render.radius)
+    result, views = run_views(pipe, args.images, rig, video=args.video)
+    require_surface(result, args.images[0])
+    info = {"images": [str(i) for i in args.images], "cameras": str(args.cameras),
+            "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device)}
+
+    def strip(tmp: Path) -> None:
         save_image(np.concatenate(list(views), 1), tmp / "input_views.png")
-        result.timings["export"] = time.perf_counter() - t
-        info = {"images": [str(i) for i in args.images], "cameras": str(args.cameras),
-                "checkpoint": str(args.checkpoint or "default"), "device": str(pipe.device),
-                "faces": int(len(result.mesh.faces)), "vertices": int(len(result.mesh.vertices)),
-                "timings_s": result.timings, "stats": result.stats, "mesh": [f.name for f in files[args.format]]}
-        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
-        publish(tmp, final, overwrite=args.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"{len(args.images)} views: {info['faces']} faces -> {final}/mesh.{args.format}  "
-          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+
+    info = publish_result(result, final, args, info, pipe.cfg.model.render.radius, extra=strip)
+    print(f"{len(args.images)} views: {info['faces']} faces -> {final}/mesh.{args.format}  {timings_line(result)}")
     return final
 
 
@@ -265,14 +292,11 @@ def main_views(args, opts, out_root: Path) -> int:
     """infer.py IMAGES --cameras CAMS.JSON: check everything (cameras file, images, output) before loading the
     model; one error line and exit 2 on bad input."""
     from lrm.cameras_file import read_cameras_file
-    from lrm.checkpoint import CheckpointError
-    from lrm.config import ConfigError
-    from lrm.outdir import OutputExistsError, check_target, sweep_stale
+    from lrm.outdir import check_target, sweep_stale
     from lrm.pipeline import Pipeline, check_options
     from lrm.preprocess import InputError, load_image
 
-    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
-    try:
+    def work():
         check_options(opts)
         if args.mask is not None:
             raise InputError("--mask applies to a single input image, not to --cameras views")
@@ -284,19 +308,8 @@ def main_views(args, opts, out_root: Path) -> int:
         sweep_stale(out_root)
         pipe = Pipeline.from_pretrained(args.checkpoint, device=args.device, **opts)
         process_views(pipe, rig, args, out_root)
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line unless --debug
-        if args.debug:
-            raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
-    print(f"total {time.perf_counter() - T_START:.2f}s")
-    return 0
+
+    return run_command(args, work)
 
 
 # ------------------------------------------------------------------ multi-view front end (--frontend mv)
@@ -322,40 +335,29 @@ def process_frontend(args, fe, prior_dir: Path, mv_dir: Path, opts, out_root: Pa
     """lrm.frontend.run_frontend (prior -> views, freed -> multi-view LRM) -> OUT/<name>/ with the generated views."""
     from lrm.cameras import fov_from_intrinsics
     from lrm.frontend import run_frontend, view_file_name, views_strip
-    from lrm.outdir import make_temp_dir, publish
-    from lrm.outputs import require_surface, save_image, write_result
+    from lrm.outputs import require_surface, save_image
 
     image = args.images[0]
     fr = run_frontend(image, prior_dir, mv_dir, fe, args.device, args.mask, args.video, progress=True, **opts)
     result, gen = fr.result, fr.generated
     require_surface(result, image)
     final = out_root / output_name(image)
-    tmp = make_temp_dir(final)
-    try:
-        t = time.perf_counter()
-        files = write_result(result, tmp, [args.format], args.orientation, args.video_format,
-                             radius=fr.radius)
+    names = [view_file_name(p) for p in gen.poses]
+
+    def views(tmp: Path) -> None:
         save_image(views_strip(gen.images), tmp / "generated_views.png")
         save_image(views_strip(fr.views), tmp / "input_views.png")
-        names = [view_file_name(p) for p in gen.poses]
         for name, view in zip(names, gen.images):
             save_image(view, tmp / name)
-        result.timings["export"] = time.perf_counter() - t
-        info = {"image": str(image), "frontend": "mv", "prior": str(prior_dir), "checkpoint": str(mv_dir),
-                "device": fr.device, "faces": int(len(result.mesh.faces)),
-                "vertices": int(len(result.mesh.vertices)), "timings_s": result.timings, "stats": result.stats,
-                "mesh": [f.name for f in files[args.format]],
-                "generated_views": {**gen.info, "files": names, "prior_foreground_ratio": fr.prior_foreground_ratio,
-                                    "distance": float(gen.c2w[0, :3, 3].norm()),
-                                    "fov_deg": float(fov_from_intrinsics(gen.intrinsics[0]))}}
-        (tmp / "timings.json").write_text(json.dumps(info, indent=2))
-        publish(tmp, final, overwrite=args.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    info = {"image": str(image), "frontend": "mv", "prior": str(prior_dir), "checkpoint": str(mv_dir),
+            "device": fr.device,
+            "generated_views": {**gen.info, "files": names, "prior_foreground_ratio": fr.prior_foreground_ratio,
+                                "distance": float(gen.c2w[0, :3, 3].norm()),
+                                "fov_deg": float(fov_from_intrinsics(gen.intrinsics[0]))}}
+    info = publish_result(result, final, args, info, fr.radius, extra=views)
     print(f"{image}: {len(gen.poses)} generated views ({fe.steps} DDIM steps, {gen.seconds:.2f}s) + input -> "
-          f"{info['faces']} faces -> {final}/mesh.{args.format}  "
-          + "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+          f"{info['faces']} faces -> {final}/mesh.{args.format}  {timings_line(result)}")
     return final
 
 
@@ -363,15 +365,14 @@ def main_frontend(args, opts, out_root: Path) -> int:
     """infer.py IMAGE --frontend mv: every check (options, image, output folder, prior folder, multi-view checkpoint
     from its config) before any model is loaded; one error line and exit 2 on bad input."""
     from lrm.checkpoint import CheckpointError
-    from lrm.config import ConfigError
     from lrm.diffusion.pixel_prior import DEFAULT_PRIOR
     from lrm.frontend import DEFAULT_MV_CHECKPOINT, check_multiview_checkpoint
-    from lrm.outdir import OutputExistsError, check_target, sweep_stale
+    from lrm.outdir import check_target, sweep_stale
     from lrm.pipeline import check_options
     from lrm.preprocess import InputError, load_image
 
-    errors = (InputError, CheckpointError, ConfigError, OutputExistsError)
-    try:
+    def work():
+        nonlocal opts
         opts = check_options(opts)
         for flag, given in (("--cameras", args.cameras), ("--refine", args.refine), ("--checkpoint", args.checkpoint)):
             if given:
@@ -392,19 +393,8 @@ def main_frontend(args, opts, out_root: Path) -> int:
         check_output_dir(out_root)
         sweep_stale(out_root)
         process_frontend(args, fe, prior_dir, mv_dir, opts, out_root)
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line unless --debug
-        if args.debug:
-            raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
-    print(f"total {time.perf_counter() - T_START:.2f}s")
-    return 0
+
+    return run_command(args, work)
 
 
 if __name__ == "__main__":
