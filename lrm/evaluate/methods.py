@@ -569,6 +569,15 @@ class GTMultiViewLRM(LRMMethod):
         rgba = render_views(obj.gt_mesh, c2w, intr, res, renderer=ctx.mesh_renderer, **kw)
         return (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8), "render"
 
+    def reconstruct(self, images, obj, c2w_x, intr_x, info: dict, ctx) -> Prediction:
+        """The sparse-view model on the input view + the extra views (images on white, [1 + n, S, S, 3])."""
+        t1 = time.perf_counter()
+        tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
+                                          np.concatenate([obj.input_intrinsics[None], intr_x]))
+        info["t_model"] = time.perf_counter() - t1
+        mesh = self.extract(tri, info)
+        return self.prediction(tri, mesh, info, ctx)
+
     def predict(self, obj, ctx):
         t0 = time.perf_counter()
         c2w_x, intr_x = self.extra_cameras(obj)
@@ -580,12 +589,7 @@ class GTMultiViewLRM(LRMMethod):
         info["t_gt_views"] = time.perf_counter() - t0
         a = rgba.astype(np.float32) / 255.0
         images = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])  # on white, as lrm's preprocess=none
-        t1 = time.perf_counter()
-        tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
-                                          np.concatenate([obj.input_intrinsics[None], intr_x]))
-        info["t_model"] = time.perf_counter() - t1
-        mesh = self.extract(tri, info)
-        return self.prediction(tri, mesh, info, ctx)
+        return self.reconstruct(images, obj, c2w_x, intr_x, info, ctx)
 
 
 @register_method("mv+lrm")
@@ -641,12 +645,7 @@ class MultiViewLRM(GTMultiViewLRM):
             info.update({"prior_steps": gen.info["steps"], "prior_guidance": gen.info["guidance"],
                          "prior_resolution": gen.info["prior_resolution"]})
         info["t_frontend"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        tri = self.adapter.triplane_views(images, np.concatenate([obj.input_c2w[None], c2w_x]),
-                                          np.concatenate([obj.input_intrinsics[None], intr_x]))
-        info["t_model"] = time.perf_counter() - t1
-        mesh = self.extract(tri, info)
-        return self.prediction(tri, mesh, info, ctx)
+        return self.reconstruct(images, obj, c2w_x, intr_x, info, ctx)
 
 
 # ------------------------------------------------------------------------------------------ refinement
