@@ -118,27 +118,37 @@ def timings_line(result) -> str:
     return "  ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
 
 
-def run_command(args, work) -> int:
-    """``work()`` under the command's error contract: bad input -> one ``error:`` line and exit 2; anything else ->
-    one line and exit 1 (a traceback with --debug); Ctrl-C -> 130."""
+def input_errors() -> tuple:
+    """The exceptions that mean bad input (one ``error:`` line, exit 2)."""
     from lrm.checkpoint import CheckpointError
     from lrm.config import ConfigError
     from lrm.outdir import OutputExistsError
     from lrm.preprocess import InputError
+    from lrm.refine import RefineError
 
-    try:
-        work()
-    except (InputError, CheckpointError, ConfigError, OutputExistsError) as e:
+    return InputError, CheckpointError, ConfigError, OutputExistsError, RefineError
+
+
+def report_error(e: Exception, args, label: str = "") -> int:
+    """One line on stderr for ``e`` and its exit code: 2 for bad input, else 1 (re-raised with --debug)."""
+    if isinstance(e, input_errors()):
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.debug:
+        raise e
+    print(f"error: {label}{type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+    return 1
+
+
+def run_command(args, work) -> int:
+    """``work()`` under the command's error contract (:func:`report_error`; Ctrl-C -> 130)."""
+    try:
+        work()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - one line unless --debug
-        if args.debug:
-            raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
-        return 1
+        return report_error(e, args)
     print(f"total {time.perf_counter() - T_START:.2f}s")
     return 0
 
@@ -193,15 +203,11 @@ def check_outputs(images, out_root: Path, overwrite: bool, refine: str = None) -
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from lrm.checkpoint import CheckpointError
-    from lrm.config import ConfigError
-    from lrm.outdir import OutputExistsError, sweep_stale
+    from lrm.outdir import sweep_stale
     from lrm.pipeline import Pipeline, check_options
     from lrm.preprocess import InputError, load_image
 
-    from lrm.refine import RefineError
-
-    errors = (InputError, CheckpointError, ConfigError, OutputExistsError, RefineError)
+    errors = input_errors()
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, texture=args.texture,
                 texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
@@ -251,16 +257,11 @@ def main(argv=None) -> int:
     for image in valid:
         try:
             process(pipe, image, args, out_root, prior)
-        except errors as e:
-            print(f"error: {e}", file=sys.stderr)
-            failures += 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        except Exception as e:  # noqa: BLE001 - one line unless --debug
-            if args.debug:
-                raise
-            print(f"error: {image}: {type(e).__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - one line per failed image unless --debug
+            report_error(e, args, label=f"{image}: ")
             failures += 1
     print(f"total {time.perf_counter() - T_START:.2f}s")
     return 1 if failures else 0
