@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from _toy_priors import ToyPrior  # noqa: E402
+from _toy_priors import OraclePrior, ToyPrior  # noqa: E402
 from test_diffusion import task_cfg, tiny_model  # noqa: E402
-from test_sparse_views import PROTO, perturb_view_embed, small_model  # noqa: E402
+from test_sparse_views import evalset, perturb_view_embed, small_model  # noqa: E402,F401 (evalset: a fixture)
 
 from lrm import cameras as C  # noqa: E402
 from lrm.diffusion.pixel_prior import PixelPrior  # noqa: E402
@@ -188,29 +188,6 @@ def test_infer_frontend_bad_inputs(setup, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- mv+lrm
-@pytest.fixture(scope="module")
-def evalset(tmp_path_factory):
-    import trimesh
-
-    from lrm.evaluate.evalset import build_eval_set
-
-    box = trimesh.creation.box((0.7, 0.4, 0.5))
-    box.visual.vertex_colors = np.tile([200, 50, 40, 255], (len(box.vertices), 1))
-    return build_eval_set(tmp_path_factory.mktemp("evalset"), {"box": box}, seed=0, protocol=PROTO)
-
-
-class TruthPrior(ToyPrior):
-    """Predicts the noise of given target views exactly, so DDIM returns them (per view of the batch)."""
-
-    def __init__(self, targets, **kw):
-        super().__init__(resolution=targets.shape[-1], **kw)
-        self.x = self.encode(targets)
-
-    def eps(self, x_t, t, cond, rel):
-        a = self.alphas_cumprod[t].to(x_t.dtype).view(-1, 1, 1, 1)
-        return (x_t - a.sqrt() * self.x.to(x_t.dtype)) / (1 - a).sqrt()
-
-
 def test_mv_lrm_runs_and_equals_gt_mv_lrm_with_true_views(evalset, setup, tmp_path):
     from lrm.evaluate import main
     from lrm.evaluate.methods import MethodError, RunContext, make_method
@@ -235,7 +212,7 @@ def test_mv_lrm_runs_and_equals_gt_mv_lrm_with_true_views(evalset, setup, tmp_pa
     assert how == "stored"
     a = rgba.astype(np.float32) / 255.0
     views = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
-    mv.prior = TruthPrior(torch.from_numpy(views).permute(0, 3, 1, 2).double())
+    mv.prior = OraclePrior(torch.from_numpy(views).permute(0, 3, 1, 2).double())
     p_gt, p_mv = gt.predict(obj, ctx), mv.predict(obj, ctx)
     assert len(p_gt.mesh.faces) > 0
     assert np.allclose(p_gt.mesh.vertices, p_mv.mesh.vertices, atol=1e-4)
