@@ -79,17 +79,24 @@ def save_state_dict(state_dict: dict, cfg: DictConfig, folder: str | os.PathLike
     return publish(tmp, folder, overwrite, legacy)
 
 
+def model_folder_files(folder: str | os.PathLike, what: str) -> Tuple[Path, Path]:
+    """(weights, config) paths of an exported model folder; :class:`CheckpointError` naming ``what`` (e.g.
+    "checkpoint", "prior") when the folder or either file is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{what} folder not found: {folder}")
+    weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    for p in (weights, cfg_path):
+        if not p.is_file():
+            raise CheckpointError(f"{what} {folder} is incomplete: {p.name} missing")
+    return weights, cfg_path
+
+
 def read_checkpoint(folder: str | os.PathLike, overrides=()) -> Tuple[DictConfig, dict]:
     """Config and state dict of a checkpoint folder (no model built)."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder not found: {folder}")
-    weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
-    for p in (weights, cfg_path):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint {folder} is incomplete: {p.name} missing")
+    weights, cfg_path = model_folder_files(folder, "checkpoint")
     try:
         cfg = load_config(cfg_path, overrides)
     except Exception as e:  # noqa: BLE001

@@ -78,16 +78,11 @@ def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cp
     Missing, damaged or mismatching folders raise :class:`lrm.checkpoint.CheckpointError` (one line)."""
     from safetensors.torch import load_file
 
-    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, check_weights, verify_safetensors
+    from ..checkpoint import CheckpointError, check_weights, model_folder_files, verify_safetensors
     from ..config import ConfigError, read_yaml
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"prior folder not found: {folder}")
-    weights, cfg_path = folder / WEIGHTS_NAME, folder / CONFIG_NAME
-    for p in (weights, cfg_path):
-        if not p.is_file():
-            raise CheckpointError(f"prior folder {folder} is incomplete: {p.name} missing")
+    weights, cfg_path = model_folder_files(folder, "prior")
     try:
         raw = read_yaml(cfg_path)
         task = raw.get("task", None)
