@@ -20,6 +20,7 @@ import torch
 def example_rows(pipe, images, views: int = 4, resolution: int = 128, elevation: float = 20.0):
     from . import cameras as C
     from .render.raster import render_mesh
+    from .stages import render_views
 
     cam = pipe.cfg.camera
     c2w = C.orbit_cameras(views, elevation, cam.distance, start_azimuth_deg=45.0)
@@ -30,11 +31,7 @@ def example_rows(pipe, images, views: int = 4, resolution: int = 128, elevation:
         inp = torch.from_numpy(res.input_image).permute(2, 0, 1)[None].float()
         inp = torch.nn.functional.interpolate(inp, size=resolution, mode="area")[0].permute(1, 2, 0).numpy()
         tiles = [inp]
-        with torch.no_grad():
-            for i in range(views):
-                out = pipe.model.render(res.triplane, c2w[None, i:i + 1], intr.expand(1, 1, 4), resolution,
-                                        background=[1.0, 1.0, 1.0])
-                tiles.append(out["rgb"][0, 0].clamp(0, 1).numpy())
+        tiles += [v["rgb"].clamp(0, 1).numpy() for v in render_views(pipe.model, res.triplane, c2w, intr, resolution)]
         for i in range(views):
             if len(res.mesh.faces):
                 rgba, _ = render_mesh(res.mesh, c2w[i], intr, resolution, ambient=0.5, ssaa=2)

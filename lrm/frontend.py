@@ -187,7 +187,6 @@ def run_frontend(image, prior_dir, mv_checkpoint=None, config: Optional[Frontend
     multi-view checkpoint (``options``: :class:`lrm.pipeline.Pipeline` options) and reconstruct from input + views."""
     from .diffusion import load_prior
     from .models import build_model
-    from .multiview_input import reconstruct_views
     from .pipeline import Pipeline, resolve_device
 
     cfg_fe = config or FrontendConfig()
@@ -217,8 +216,7 @@ def run_frontend(image, prior_dir, mv_checkpoint=None, config: Optional[Frontend
         log.warning("the prior was trained on objects framed at %.2f, the LRM's input is framed at %.2f: the "
                     "generated views' scale may not match their cameras", ratio, pipe.opts["foreground_ratio"])
     views, cams = lrm_views(pre.image, gen, distance, fov)
-    result = reconstruct_views(pipe, views, cams, timings, {"views": len(views), "mask_source": pre.mask_source},
-                               video=video)
+    result = pipe.run_views(views, cams, timings, {"views": len(views), "mask_source": pre.mask_source}, video=video)
     result.input_mask = pre.rgba[..., 3]
     return FrontendResult(result, gen, views, ratio, float(pipe.cfg.model.render.radius), str(pipe.device))
 

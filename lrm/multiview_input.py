@@ -5,12 +5,12 @@ Each image is preprocessed exactly like a single input (foreground, square crop 
 ``foreground_ratio``, resize, composite on the input background); the crop is carried into that view's intrinsics
 (``crop_intrinsics``), so the cameras still describe the images the model sees. The cameras are re-expressed in the
 first view's frame as the training loader does (``canonical_cameras``) and all views go to the model at once
-(``Pipeline.triplane_views``). The mesh is in the canonical frame of the first view, like a single-image result.
+(``Pipeline.run_views``). The mesh is in the canonical frame of the first view, like a single-image result.
 """
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,29 +44,5 @@ def run_views(pipe, images: Sequence, rig: CameraRig, video: bool = False, progr
     views, cams, sources = prepare_views(pipe, images, rig)
     timings["preprocess"] = time.perf_counter() - t
     stats["mask_source"] = ",".join(sources)
-    result = reconstruct_views(pipe, views, cams, timings, stats, video, report)
+    result = pipe.run_views(views, cams, timings, stats, video, report)
     return result, views
-
-
-def reconstruct_views(pipe, views: np.ndarray, cameras: torch.Tensor, timings: Optional[dict] = None,
-                      stats: Optional[dict] = None, video: bool = False, progress=None):
-    """Prepared views [V, S, S, 3] + camera vectors [V, 16] in view 0's canonical frame -> :class:`lrm.pipeline.Result`
-    (model, mesh, optional turntable; ``input_image`` = view 0). Shared by ``--cameras`` and the multi-view front end
-    (lrm/frontend.py)."""
-    from .pipeline import Result
-
-    report = progress or (lambda stage, done: None)
-    timings = {} if timings is None else timings
-    stats = {"views": len(views)} if stats is None else stats
-    report("model", 0.0)
-    t = time.perf_counter()
-    tri = pipe.triplane_views(views, cameras)
-    timings["model"] = time.perf_counter() - t
-    report("mesh", 0.0)
-    mesh = pipe.extract_mesh(tri, timings, stats)
-    frames: Optional[list] = None
-    if video:
-        t = time.perf_counter()
-        frames = pipe.turntable(tri, progress=report)
-        timings["turntable"] = time.perf_counter() - t
-    return Result(mesh=mesh, triplane=tri.cpu(), input_image=views[0], timings=timings, frames=frames, stats=stats)

@@ -16,16 +16,16 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from . import cameras as C
+from . import stages
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .config import ConfigError, check_number
-from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, to_viewer_frame
+from .mesh import to_viewer_frame
 from .precision import autocast_for
 from .preprocess import InputError, preprocess
 
@@ -108,7 +108,7 @@ USER_OPTIONS = (
            "--precision", choices=("fp32", "bf16")),
 )
 
-Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
+Progress = stages.Progress
 
 
 @dataclass
@@ -175,80 +175,57 @@ class Pipeline:
         cam = self.cfg.camera
         return self.model.default_camera(1, self.device, torch.float32, cam.distance, cam.fov_deg)
 
-    @torch.no_grad()
     def triplane(self, image: np.ndarray) -> torch.Tensor:
         """The model on one preprocessed image [S, S, 3], as one view: images [1, 1, 3, S, S], cameras [1, 1, 16]."""
-        x = torch.from_numpy(image).permute(2, 0, 1)[None, None].float().to(self.device)
-        with autocast_for(self.opts["precision"], self.device):
-            tri = self.model(x, self.input_camera()[:, None])
-        return tri.float()  # the decoder and the renderer run in fp32
+        return stages.reconstruct(self.model, image, self.input_camera()[0], self.opts["precision"], self.device)
 
-    @torch.no_grad()
     def triplane_views(self, images: np.ndarray, cameras: torch.Tensor) -> torch.Tensor:
         """The model on V preprocessed views [V, S, S, 3] with their camera vectors [V, 16] in the canonical frame of
         view 0 (``lrm.cameras_file.canonical_cameras``): images [1, V, 3, S, S], cameras [1, V, 16]. Needs a
         multi-view model for V > 1 (``lrm.multiview_input`` prepares the views from files)."""
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)[None].to(self.device)
-        with autocast_for(self.opts["precision"], self.device):
-            tri = self.model(x, cameras[None].float().to(self.device))
-        return tri.float()
+        return stages.reconstruct(self.model, images, cameras, self.opts["precision"], self.device)
 
     def density_fn(self, triplane):
-        return lambda p: self.model.query(triplane, p[None])["density"][0]
-
-    def color_fn(self, triplane):
-        return field_query(self.model, triplane, "rgb", self.opts["chunk"], self.device)
+        return stages.density_fn(self.model, triplane)
 
     def extract_mesh(self, triplane, timings: Dict[str, float], stats: dict):
-        o, radius = self.opts, self.cfg.model.render.radius
-        t = time.perf_counter()
-        grid, gstats = density_grid(self.density_fn(triplane), o["mc_resolution"], radius, o["mc_threshold"],
-                                    o["coarse_factor"], chunk=o["chunk"], device=self.device)
-        timings["density_grid"] = time.perf_counter() - t
-        stats.update(gstats)
-        t = time.perf_counter()
-        verts, faces = marching_cubes(grid, o["mc_threshold"], radius)
-        timings["marching_cubes"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if len(faces) and o["texture"] == "uv":
-            v2, f2, uvs, tex = bake_uv_texture(verts, faces, self.color_fn(triplane), o["texture_size"])
-            mesh = build_trimesh(v2, f2, uvs=uvs, texture=tex)
-        else:
-            mesh = build_trimesh(verts, faces, self.color_fn(triplane)(verts) if len(verts) else None)
-        timings["texture"] = time.perf_counter() - t
-        return mesh
+        o = self.opts
+        return stages.extract_mesh(self.model, triplane, resolution=o["mc_resolution"], threshold=o["mc_threshold"],
+                                   radius=self.cfg.model.render.radius, coarse_factor=o["coarse_factor"],
+                                   chunk=o["chunk"], texture=o["texture"], texture_size=o["texture_size"],
+                                   timings=timings, stats=stats)
 
-    @torch.no_grad()
     def turntable(self, triplane, frames: Optional[int] = None,
                   progress: Optional[Progress] = None) -> List[np.ndarray]:
         o, cam = self.opts, self.cfg.camera
-        n = int(frames or o["video_frames"])
-        c2w = C.orbit_cameras(n, o["video_elevation"], cam.distance).to(self.device)[None]
-        intr = C.intrinsics_from_fov(cam.fov_deg).to(self.device).expand(1, n, 4)
-        out = []
-        occupancy = self.model.occupancy_grid(triplane)  # once for all frames: empty-space skipping
-        for i in range(n):  # one view at a time keeps memory flat
-            if progress:
-                progress("turntable", i / n)
-            rgb = self.model.render(triplane, c2w[:, i:i + 1], intr[:, i:i + 1], o["video_resolution"],
-                                    background=[1.0, 1.0, 1.0], occupancy=occupancy)["rgb"][0, 0]
-            out.append((rgb.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
-        return out
+        return stages.turntable(self.model, triplane, int(frames or o["video_frames"]), o["video_elevation"],
+                                cam.distance, cam.fov_deg, o["video_resolution"], progress)
 
     # ---------------------------------------------------------------- all together
     def run(self, image, mask=None, video: bool = False, progress: Optional[Progress] = None) -> Result:
-        """``progress(stage, fraction)`` is called as each stage starts (and per turntable frame)."""
+        """One image (path, array or PIL; optional mask) -> :class:`Result`. ``progress(stage, fraction)`` is called
+        as each stage starts (and per turntable frame)."""
         report = progress or (lambda stage, done: None)
-        timings: Dict[str, float] = {}
-        stats: Dict[str, object] = {}
         report("preprocess", 0.0)
         t = time.perf_counter()
         pre = self.preprocess(image, mask)
-        timings["preprocess"] = time.perf_counter() - t
-        stats["mask_source"] = pre.mask_source
+        timings = {"preprocess": time.perf_counter() - t}
+        result = self.run_views(pre.image[None], self.input_camera(), timings, {"mask_source": pre.mask_source},
+                                video, progress)
+        result.input_mask = pre.rgba[..., 3]
+        return result
+
+    def run_views(self, views: np.ndarray, cameras: torch.Tensor, timings: Optional[dict] = None,
+                  stats: Optional[dict] = None, video: bool = False, progress: Optional[Progress] = None) -> Result:
+        """Prepared views [V, S, S, 3] + camera vectors [V, 16] in view 0's canonical frame -> :class:`Result`
+        (reconstruct, mesh, optional turntable; ``input_image`` = view 0). :meth:`run` (one preprocessed image),
+        ``--cameras`` (lrm/multiview_input.py) and the multi-view front end (lrm/frontend.py) end here."""
+        report = progress or (lambda stage, done: None)
+        timings = {} if timings is None else timings
+        stats = {} if stats is None else stats
         report("model", 0.0)
         t = time.perf_counter()
-        tri = self.triplane(pre.image)
+        tri = self.triplane_views(views, cameras)
         timings["model"] = time.perf_counter() - t
         report("mesh", 0.0)
         mesh = self.extract_mesh(tri, timings, stats)
@@ -257,8 +234,7 @@ class Pipeline:
             t = time.perf_counter()
             frames = self.turntable(tri, progress=report)
             timings["turntable"] = time.perf_counter() - t
-        return Result(mesh=mesh, triplane=tri.cpu(), input_image=pre.image, timings=timings, frames=frames, stats=stats,
-                      input_mask=pre.rgba[..., 3])
+        return Result(mesh=mesh, triplane=tri.cpu(), input_image=views[0], timings=timings, frames=frames, stats=stats)
 
 
 def export_mesh(mesh, path: Path, fmt: str, orientation: str = "viewer") -> List[Path]:

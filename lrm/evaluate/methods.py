@@ -318,16 +318,14 @@ class ModelAdapter:
         self.radius = float(model.cfg.render.radius)
 
     def triplane(self, image_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
+        """One view [H, W, 3] with its real camera (any frame: the model reads it as the canonical input camera)."""
         import torch
 
         from .. import cameras as cam
+        from ..stages import reconstruct
 
-        x = torch.from_numpy(np.ascontiguousarray(image_rgb, np.float32)).permute(2, 0, 1)[None, None].to(self.device)
         camv = cam.camera_vector(torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(intrinsics, dtype=torch.float32))
-        from ..precision import autocast_for
-
-        with torch.no_grad(), autocast_for(self.precision, self.device):  # one view: [1, 1, 3, S, S], [1, 1, 16]
-            return self.model(x, camv[None, None].to(self.device)).float()
+        return reconstruct(self.model, image_rgb, camv, self.precision, self.device)
 
     def triplane_views(self, images_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
         """V views [V, H, W, 3] with their cameras (c2w [V, 4, 4], intrinsics [V, 4], any frame): the cameras are
@@ -335,26 +333,23 @@ class ModelAdapter:
         import torch
 
         from ..cameras_file import canonical_cameras
-        from ..precision import autocast_for
+        from ..stages import reconstruct
 
-        x = torch.from_numpy(np.ascontiguousarray(images_rgb, np.float32)).permute(0, 3, 1, 2)[None].to(self.device)
         cams = canonical_cameras(torch.as_tensor(np.asarray(c2w), dtype=torch.float64),
                                  torch.as_tensor(np.asarray(intrinsics), dtype=torch.float64))
-        with torch.no_grad(), autocast_for(self.precision, self.device):
-            return self.model(x, cams[None].to(self.device)).float()
+        return reconstruct(self.model, images_rgb, cams, self.precision, self.device)
 
     def mesh(self, triplane):
-        from ..mesh import build_trimesh, density_grid, field_query, marching_cubes
+        """The stages' mesher on a dense grid; None (with a note) when the density never crosses the threshold."""
+        from ..stages import extract_mesh
 
-        n, R = self.mc_resolution, self.radius
-        density = lambda p: self.model.query(triplane, p[None])["density"][0]  # noqa: E731
-        dens, _ = density_grid(density, n, R, self.threshold, coarse_factor=1, chunk=self.chunk, device=self.device)
-        stats = {"density_max": float(dens.max()), "density_mean": float(dens.mean())}
-        if not (dens.max() > self.threshold > dens.min()):
+        stats = {}
+        mesh = extract_mesh(self.model, triplane, resolution=self.mc_resolution, threshold=self.threshold,
+                            radius=self.radius, coarse_factor=1, chunk=self.chunk, stats=stats)
+        stats = {k: stats[k] for k in ("density_max", "density_mean")}
+        if not len(mesh.faces):
             return None, {**stats, "note": f"density never crosses threshold {self.threshold:g}: empty mesh"}
-        verts, faces = marching_cubes(dens, self.threshold, R)  # outward normals (tested in tests/test_mesh.py)
-        rgb = field_query(self.model, triplane, "rgb", self.chunk, self.device)(verts)
-        return build_trimesh(verts, faces, rgb), stats
+        return mesh, stats
 
     def renderer(self, triplane, background=(1.0, 1.0, 1.0), render_resolution=None):
         """Protocol renderer for ``triplane``; with ``render_resolution`` set it renders at that size and
@@ -362,27 +357,23 @@ class ModelAdapter:
         import torch
         import torch.nn.functional as F
 
+        from ..stages import render_views, straight_rgba
+
         grid = []  # the occupancy grid for empty-space skipping, built on the first call, shared by all views
 
         def render(c2w, intrinsics, resolution):
             res = int(render_resolution or resolution)
-            outs = []
-            with torch.no_grad():
-                if not grid:
+            if not grid:
+                with torch.no_grad():
                     grid.append(self.model.occupancy_grid(triplane))
-                for i in range(len(c2w)):  # one view at a time keeps memory flat
-                    c = torch.as_tensor(np.asarray(c2w[i:i + 1]), dtype=torch.float32, device=self.device)[None]
-                    k = torch.as_tensor(np.asarray(intrinsics[i:i + 1]), dtype=torch.float32, device=self.device)[None]
-                    o = self.model.render(triplane, c, k, res, background=list(background), occupancy=grid[0])
-                    rgb, a = o["rgb"][0, 0].clamp(0, 1), o["opacity"][0, 0].clamp(0, 1)
-                    # back to straight alpha so the harness composites it like every other render
-                    bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
-                    straight = (rgb - (1 - a[..., None]) * bg) / a[..., None].clamp_min(1e-6)
-                    rgba = torch.cat([straight.clamp(0, 1), a[..., None]], -1)
-                    if res != int(resolution):
-                        rgba = F.interpolate(rgba.permute(2, 0, 1)[None], size=(int(resolution),) * 2,
-                                             mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
-                    outs.append(rgba.cpu().numpy())
+            outs = []
+            for view in render_views(self.model, triplane, np.asarray(c2w), np.asarray(intrinsics), res,
+                                     list(background), occupancy=grid[0]):
+                rgba = straight_rgba(view, background)  # straight alpha: the harness composites it like any render
+                if res != int(resolution):
+                    rgba = F.interpolate(rgba.permute(2, 0, 1)[None], size=(int(resolution),) * 2,
+                                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+                outs.append(rgba.cpu().numpy())
             return np.stack(outs)
 
         return render
