@@ -114,6 +114,9 @@ class RenderConfig:
     occupancy_tolerance: float = 0.1  # skipped optical depth per ray at most about this (sets the density threshold)
     early_stop: float = 1e-4  # transmittance below which a ray stops
     skip_max_occupancy: float = 0.5  # a grid more occupied than this saves too few queries: dense path instead
+    # rays whose coarse samples composite to less opacity than this take their importance samples' values by
+    # interpolating the coarse ones instead of querying the field (0 = off)
+    fine_min_opacity: float = 0.01
 
 
 @dataclass

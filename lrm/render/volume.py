@@ -26,7 +26,8 @@ on by default): with an occupancy grid of the field (lrm/render/occupancy.py; pa
 as ``occupancy=``, else it is built per call when the call is large enough to pay for it) the samples sit
 exactly where the dense path puts them, but only those in occupied cells are queried (others count as empty),
 block by block along the ray, and a ray stops being queried once its transmittance is below
-``render.early_stop``. A grid more occupied than ``render.skip_max_occupancy`` (a foggy field, where skipping
+``render.early_stop``; a ray whose coarse samples composite to less than ``render.fine_min_opacity`` (a ray
+through haze only) takes its importance samples' values by interpolating its coarse ones instead of querying. A grid more occupied than ``render.skip_max_occupancy`` (a foggy field, where skipping
 saves less than its bookkeeping costs) falls back to the dense path. The image equals the dense path's within the grid's tolerance (tests/test_render.py,
 tests/test_render_skip.py); ``occupancy=False`` or ``render.skip_empty=false`` forces the dense path. Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
 runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
@@ -238,13 +239,22 @@ class VolumeRenderer:
         if cfg.n_importance > 0:
             d0, c0, q0 = march(field, rays_o, rays_d, t, interval_lengths(t, t_near, t_far), occupied, stop)
             t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, False)
-            t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
             fine_occ = self._occupied(grid, rays_o, rays_d, t_fine) & valid[..., None]
+            d1 = torch.zeros_like(t_fine)
+            c1 = torch.zeros(*t_fine.shape, 3, dtype=c0.dtype, device=c0.device)
+            faint_below = float(getattr(cfg, "fine_min_opacity", 0.0))
+            if faint_below > 0:  # nearly transparent rays: importance samples interpolated, not queried
+                tau0 = (torch.nan_to_num(d0) * self._deltas(t, t_near, t_far)).sum(-1)
+                faint = (1.0 - torch.exp(-tau0)) < faint_below
+                fine_occ = fine_occ & ~faint[..., None]
+                di, ci = interpolate_samples(t, d0, c0, t_fine)
+                d1 = torch.where(faint[..., None], di, d1)
+                c1 = torch.where(faint[..., None, None], ci, c1)
+            t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
             # still to query: importance samples, and coarse ones the coarse pass stopped before
             todo = torch.cat([occupied & ~q0, fine_occ], -1).gather(-1, order)
-            density = torch.cat([d0, torch.zeros_like(t_fine)], -1).gather(-1, order)
-            rgb = torch.cat([c0, torch.zeros(*t_fine.shape, 3, dtype=c0.dtype, device=c0.device)], -2)
-            rgb = rgb.gather(-2, order[..., None].expand(*order.shape, 3))
+            density = torch.cat([d0, d1], -1).gather(-1, order)
+            rgb = torch.cat([c0, c1], -2).gather(-2, order[..., None].expand(*order.shape, 3))
             deltas = self._deltas(t, t_near, t_far)
             density, rgb, _ = march(field, rays_o, rays_d, t, deltas, todo, stop, density, rgb)
         else:
@@ -288,6 +298,20 @@ class VolumeRenderer:
         # compositing in fp32 whatever precision the field ran in (bf16 autocast): transmittance is a long product
         dt = torch.promote_types(density.dtype, torch.float32)  # fp64 stays fp64 (conformance tests)
         return density.to(dt).view(b, n, s), rgb.to(dt).view(b, n, s, 3)
+
+
+def interpolate_samples(t, density, rgb, t_new):
+    """Density [..., S] and rgb [..., S, 3] known at sorted ``t`` [..., S], linearly interpolated at ``t_new``
+    [..., K] (constant beyond the ends)."""
+    s = t.shape[-1]
+    hi = torch.searchsorted(t.contiguous(), t_new.contiguous()).clamp(1, s - 1)
+    lo = hi - 1
+    t_lo, t_hi = t.gather(-1, lo), t.gather(-1, hi)
+    w = ((t_new - t_lo) / (t_hi - t_lo).clamp_min(1e-12)).clamp(0, 1)
+    d = torch.lerp(density.gather(-1, lo), density.gather(-1, hi), w)
+    lo3, hi3 = lo[..., None].expand(*lo.shape, 3), hi[..., None].expand(*hi.shape, 3)
+    c = torch.lerp(rgb.gather(-2, lo3), rgb.gather(-2, hi3), w[..., None])
+    return d, c
 
 
 def query_where(field: Field, rays_o, rays_d, t, mask):
