@@ -6,7 +6,9 @@ loudly. ``load_config`` is the only entry point that scripts need.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -137,8 +139,10 @@ class CameraDefaults:
 
 @dataclass
 class Config:
-    """Top-level tree. Sections other than ``model``/``camera`` (data, train, infer, eval, sds) are
-    free-form dictionaries owned by their modules, which define their own defaults."""
+    """Top-level tree. Sections other than ``model``/``camera`` are free-form here: each is typed by the module
+    that owns it, merged there with :func:`merge_over_defaults` (``data`` / ``train``: the task's schema, for the
+    LRM lrm/training/defaults.py ``DataConfig`` / ``TrainConfig``; ``infer``: lrm/pipeline.py ``InferConfig``;
+    ``eval``, ``sds``: their modules). Free-form here, a saved config keeps loading whatever its task."""
 
     name: str = "tiny"
     seed: int = 0
@@ -257,6 +261,53 @@ def merge_configs(base, other):
         key = getattr(e, "full_key", None)
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {first}") from None
+
+
+def _integral_floats(schema, given):
+    """``given`` (a plain container) with integer-valued floats at the ``int`` fields of the dataclass ``schema``
+    made ints (``train.max_steps=1e4`` is 10000, as :func:`check_number` accepts), nested sections included."""
+    if not isinstance(given, dict):
+        return given
+    hints = typing.get_type_hints(schema)
+    out = dict(given)
+    for f in dataclasses.fields(schema):
+        if f.name not in out:
+            continue
+        kind, value = hints[f.name], out[f.name]
+        if kind in (int, Optional[int]) and isinstance(value, float) and value.is_integer():
+            out[f.name] = int(value)
+        elif dataclasses.is_dataclass(kind):
+            out[f.name] = _integral_floats(kind, value)
+    return out
+
+
+def merge_over_defaults(defaults, given, section: str) -> DictConfig:
+    """The config section ``section`` as a plain DictConfig: ``given`` (what the YAML file and the command line set
+    there: a mapping or None) merged over ``defaults``, a dataclass (class or instance; its fields are the keys and
+    their types) or a dict. A key the defaults lack, a value a typed field cannot take, or a section that is not a
+    mapping raise :class:`ConfigError` with one line that names the section and the key."""
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(given, DictConfig):  # resolved in place, where ${...} can reach the rest of the tree
+        given = OmegaConf.to_container(given, resolve=True)
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise ConfigError(f"the {section!r} config section must be a mapping of keys, got {given!r}")
+    if dataclasses.is_dataclass(defaults):
+        base = OmegaConf.structured(defaults)
+        given = _integral_floats(defaults if isinstance(defaults, type) else type(defaults), given)
+    else:
+        base = OmegaConf.create(defaults)
+    OmegaConf.set_struct(base, True)  # unknown keys -> error
+    try:
+        merged = OmegaConf.merge(base, given)
+    except OmegaConfBaseException as e:
+        key = f"{section}.{e.full_key}" if getattr(e, "full_key", None) else section
+        if isinstance(e, ConfigKeyError):
+            raise ConfigError(f"unknown key in the {section!r} config section: {key}") from None
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"invalid value in the {section!r} config section for {key}: {first}") from None
+    return OmegaConf.create(OmegaConf.to_container(merged, resolve=True))  # plain: no schema attached
 
 
 def read_yaml(path: str | os.PathLike) -> DictConfig:

@@ -14,38 +14,45 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from . import stages
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .config import ConfigError, check_number
+from .config import ConfigError, check_number, merge_over_defaults
 from .mesh import to_viewer_frame
 from .precision import autocast_for
 from .preprocess import InputError, preprocess
 
 log = logging.getLogger(__name__)
 
-INFER_DEFAULTS = dict(
-    input_size=256,  # preprocessed image side (the encoder resizes to its own image_size)
-    foreground_ratio=0.85,
-    input_background=[1.0, 1.0, 1.0],  # the colour the input is composited on (TripoSR checkpoints: grey 0.5)
-    mc_resolution=129,  # grid points per side (2^k + 1 so the coarse-to-fine grid aligns)
-    mc_threshold=10.0,  # density level of the surface
-    coarse_factor=4,
-    texture="vertex",  # vertex | uv
-    texture_size=1024,
-    video_frames=24,
-    video_resolution=96,
-    video_elevation=20.0,
-    chunk=32768,
-    precision="fp32",  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
-)
+@dataclass
+class InferConfig:
+    """The ``infer`` config section: pipeline options stored with a checkpoint (``<checkpoint>/config.yaml``),
+    overridden per call by infer.py flags / ``Pipeline(..., **options)``. Ranges: ``INFER_LIMITS``."""
+
+    input_size: int = 256  # preprocessed image side (the encoder resizes to its own image_size)
+    foreground_ratio: float = 0.85  # the object's longer side spans this share of the preprocessed image
+    # the colour the input is composited on (TripoSR checkpoints: grey 0.5)
+    input_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    mc_resolution: int = 129  # grid points per side (2^k + 1 so the coarse-to-fine grid aligns)
+    mc_threshold: float = 10.0  # density level of the surface
+    coarse_factor: int = 4  # coarse-to-fine density grid: every n-th point first (lrm/mesh.py; 1 = dense)
+    texture: str = "vertex"  # vertex | uv
+    texture_size: int = 1024  # UV texture map side (texture: uv)
+    video_frames: int = 24  # turntable views
+    video_resolution: int = 96  # turntable frame side
+    video_elevation: float = 20.0  # turntable camera elevation in degrees
+    chunk: int = 32768  # points per decoder query
+    precision: str = "fp32"  # fp32 | bf16: autocast for image encoder + transformer (+ upsampler); decoder and renderer fp32
+
+
+INFER_KEYS = tuple(f.name for f in fields(InferConfig))
 
 #: Ranges (inclusive) of the numeric options; checked before any work (a 1025^3 grid is already 4 GB).
 INFER_LIMITS = dict(input_size=(32, 2048, True), foreground_ratio=(0.05, 1.0, False), mc_resolution=(8, 513, True),
@@ -69,6 +76,19 @@ def check_options(opts: Dict[str, object], cli: bool = True) -> Dict[str, object
     if out.get("texture") not in (None, "vertex", "uv"):
         raise InputError(f"{'--texture' if cli else 'infer.texture'} must be vertex or uv, got {out['texture']!r}")
     return out
+
+
+def infer_section(section) -> Dict[str, object]:
+    """The pipeline options of a config's ``infer`` section (a mapping or None) over :class:`InferConfig`'s
+    defaults. An unknown key, a value of the wrong type or out of range raises :class:`InputError` naming it."""
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section, resolve=True)
+    if isinstance(section, dict):
+        section = check_options(section, cli=False)  # ranges first: integer-valued floats become ints
+    try:
+        return OmegaConf.to_container(merge_over_defaults(InferConfig, section, "infer"))
+    except ConfigError as e:
+        raise InputError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -134,13 +154,9 @@ class Pipeline:
     def __init__(self, model, cfg, device="cpu", **options):
         self.model, self.cfg = model.eval(), cfg
         self.device = torch.device(device)
-        opts = dict(INFER_DEFAULTS)
-        section = cfg.get("infer") or {}
-        if not isinstance(section, dict):
-            section = OmegaConf.to_container(section, resolve=True)
-        opts.update(check_options({k: v for k, v in section.items() if k in opts}, cli=False))
+        opts = infer_section(cfg.get("infer"))
         opts.update(check_options({k: v for k, v in options.items() if v is not None}))
-        unknown = set(opts) - set(INFER_DEFAULTS)
+        unknown = set(opts) - set(INFER_KEYS)
         if unknown:
             raise InputError(f"unknown pipeline options: {sorted(unknown)}")
         try:

@@ -299,10 +299,10 @@ def test_synthetic_source_gives_the_same_3d_supervision_analytically():
     from omegaconf import OmegaConf
 
     from lrm.cameras import get_rays
-    from lrm.training.defaults import DATA_DEFAULTS
+    from lrm.training.defaults import DataConfig
     from lrm.training.synthetic import SyntheticMultiView
 
-    cfg = OmegaConf.create(dict(DATA_DEFAULTS, image_size=32, num_views_target=2))
+    cfg = OmegaConf.structured(DataConfig(image_size=32, num_views_target=2))
     ds = SyntheticMultiView(cfg, "train", seed=3, extras={"points": 4096, "surface_points": 2048, "depth": True})
     b = ds.batch([0, 1])
     assert b["points"].shape == (2, 4096, 3) and b["occupancy"].shape == (2, 4096)
@@ -326,10 +326,10 @@ def test_one_batch_contract_for_both_sources():
     from omegaconf import OmegaConf
 
     from lrm.data.batch import check_batch, fixed_background
-    from lrm.training.defaults import DATA_DEFAULTS
+    from lrm.training.defaults import DataConfig
     from lrm.training.synthetic import SyntheticMultiView
 
-    cfg = OmegaConf.create(dict(DATA_DEFAULTS, image_size=16, num_views_target=2))
+    cfg = OmegaConf.structured(DataConfig(image_size=16, num_views_target=2))
     b = SyntheticMultiView(cfg, "train", extras={"points": 8, "surface_points": 4, "depth": True}).batch([0, 1])
     assert check_batch(b) is None
     bad = dict(b, occupancy=b["occupancy"][:, :5])

@@ -16,8 +16,9 @@ and camera; 0 for a model that ignores them); the image is a grid of rows input 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..cameras import camera_from_vector
 from ..training.data import resolve_source
 from ..config import ConfigError
+from ..training.defaults import DataConfig, RunnerTrainConfig
 from ..training.task import Task
 from .model import ViewConditionedUNet, ViewUNetConfig, model_config, train_scheduler
 from .pixel_prior import to_unit_range
@@ -33,30 +35,48 @@ from .prior import relative_camera
 
 log = logging.getLogger(__name__)
 
-#: Defaults of this task's ``data`` keys on top of the trainer's (lrm/training/defaults.py DATA_DEFAULTS): one
-#: input and one target view per object, both on white.
-DATA_OVERRIDES = {"image_size": 64, "num_views_target": 1, "num_input_views": 1, "background": "white",
-                  "input_background": "white", "color_jitter": 0.0}
-#: This task's ``train`` keys: the runner's own (lrm/training/defaults.py RUNNER_TRAIN_DEFAULTS) with these values,
-#: plus what validation measures and samples.
-TRAIN_OVERRIDES = {"batch_size": 8, "lr": 2.0e-4, "betas": [0.9, 0.999], "weight_decay": 0.01, "warmup_steps": 500,
-                   "min_lr_ratio": 0.1, "grad_clip": 1.0}
-DIFFUSION_TRAIN_DEFAULTS = {
-    "val_batch_size": 4,  # objects in the fixed validation batch
-    "val_timesteps": [50, 250, 500, 750, 950],  # fixed timesteps of the validation loss (each with every object)
-    "val_seed": 1234,  # noise of the validation loss and of the sampled grid
-    "sample_steps": 10,  # DDIM steps of the validation image grid
-    "sample_guidance": 3.0,  # classifier-free guidance of the validation image grid
-}
+@dataclass
+class DiffusionDataConfig(DataConfig):
+    """``data`` of this task: the trainer's keys (lrm/training/defaults.py ``DataConfig``) with one input and one
+    target view per object, both on white."""
+
+    image_size: int = 64
+    num_views_target: int = 1
+    background: Any = "white"
+    input_background: Any = "white"
+    color_jitter: float = 0.0
+
+
+@dataclass
+class DiffusionTrainConfig(RunnerTrainConfig):
+    """``train`` of this task: the runner's keys (lrm/training/defaults.py ``RunnerTrainConfig``) with these
+    defaults, plus what validation measures and samples."""
+
+    batch_size: int = 8
+    lr: float = 2.0e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    val_batch_size: int = 4  # objects in the fixed validation batch
+    # fixed timesteps of the validation loss (each with every object)
+    val_timesteps: List[int] = field(default_factory=lambda: [50, 250, 500, 750, 950])
+    val_seed: int = 1234  # noise of the validation loss and of the sampled grid
+    sample_steps: int = 10  # DDIM steps of the validation image grid
+    sample_guidance: float = 3.0  # classifier-free guidance of the validation image grid
+
+
 TRAIN_LIMITS = {"train.val_batch_size": (1, 1024), "train.sample_steps": (1, 1000), "train.val_seed": (0, 2 ** 63 - 1)}
 
 
 def apply_task_defaults(cfg: DictConfig) -> DictConfig:
     """A copy of a ``task: zero123`` config with its ``model`` section checked and filled (lrm/diffusion/model.py
-    ``ViewUNetConfig``) and the ``data`` / ``train`` defaults of this task merged under it; unknown keys and
-    out-of-range sizes raise :class:`~lrm.config.ConfigError`."""
+    ``ViewUNetConfig``) and the ``data`` / ``train`` defaults of this task (:class:`DiffusionDataConfig`,
+    :class:`DiffusionTrainConfig`) merged under it; unknown keys, values of the wrong type and out-of-range sizes
+    raise :class:`~lrm.config.ConfigError`."""
     from ..config import check_limits
-    from ..training.defaults import DATA_DEFAULTS, RUNNER_TRAIN_DEFAULTS, SIZE_LIMITS, merge_section
+    from ..training.defaults import SIZE_LIMITS, merge_section
 
     cfg = cfg.copy()
     task = cfg.get("task", None)
@@ -67,8 +87,8 @@ def apply_task_defaults(cfg: DictConfig) -> DictConfig:
         with open_dict(cfg):
             cfg.model = OmegaConf.structured(mcfg)
             OmegaConf.set_struct(cfg.model, False)
-        merge_section(cfg, "data", {**DATA_DEFAULTS, **DATA_OVERRIDES})
-        merge_section(cfg, "train", {**RUNNER_TRAIN_DEFAULTS, **TRAIN_OVERRIDES, **DIFFUSION_TRAIN_DEFAULTS})
+        merge_section(cfg, "data", DiffusionDataConfig)
+        merge_section(cfg, "train", DiffusionTrainConfig)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     check_limits(cfg, {**{k: v for k, v in SIZE_LIMITS.items() if k.startswith("data.")}, **TRAIN_LIMITS})
@@ -263,4 +283,4 @@ class DiffusionTask(Task):
 
 
 __all__ = ["DiffusionTask", "apply_task_defaults", "load_task_config", "view_pairs", "PairSource",
-           "DATA_OVERRIDES", "TRAIN_OVERRIDES", "DIFFUSION_TRAIN_DEFAULTS"]
+           "DiffusionDataConfig", "DiffusionTrainConfig"]

@@ -29,7 +29,7 @@ class Task:
     # ---- config
     def apply_defaults(self, cfg: DictConfig) -> DictConfig:
         """Fill and check this task's config keys (``data.*``, ``model.*``, ``train.*``); returns the config.
-        The runner's own ``train.*`` keys (lrm/training/defaults.py, ``RUNNER_TRAIN_DEFAULTS``) are filled
+        The runner's own ``train.*`` keys (lrm/training/defaults.py, ``RunnerTrainConfig``) are filled
         afterwards where the task left them unset."""
         return cfg
 
