@@ -49,6 +49,11 @@ class PixelPrior:
         self.sample_clip = 1.0  # pixel space: the clean image lies in [-1, 1] (DDIM may clip x0 estimates)
         self.foreground_ratio: Optional[float] = None  # input framing the prior was trained on (config infer.*)
 
+    @property
+    def joint_views(self) -> bool:
+        """True for a model with cross-view attention: ``predict_noise(..., num_views=V)`` denoises V views together."""
+        return bool(self.model.cfg.joint_views)
+
     def encode(self, rgb: Tensor) -> Tensor:
         return to_unit_range(rgb.to(self.device, torch.float32), self.resolution)
 
@@ -60,7 +65,10 @@ class PixelPrior:
         x = self.encode(image)
         return Condition(image=image, extras={"cond_image": x, "embedding": self.model.embed_image(x)})
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor,
+                      num_views: int = 1) -> Tensor:
+        """ε̂ for ``x_t`` [N, 3, S, S] (lrm/diffusion/prior.py); ``num_views`` V > 1 (joint models): the N rows are
+        N / V objects of V consecutive views, denoised together."""
         n = x_t.shape[0]
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
         rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
@@ -68,9 +76,11 @@ class PixelPrior:
             d = self.model.cfg.image_embed_dim
             drop = torch.ones(n, dtype=torch.bool, device=self.device)
             return self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
-                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype))
+                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
+                              num_views=num_views)
         img, emb = cond.extras["cond_image"], cond.extras["embedding"]
-        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1))
+        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1),
+                          num_views=num_views)
 
 
 def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:

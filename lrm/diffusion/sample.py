@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .prior import cfg_combine, relative_camera_from_angles
+from .prior import cfg_combine, predict_noise_views, relative_camera_from_angles
 
 
 def ddim_scheduler(prior, steps: int):
@@ -44,27 +44,42 @@ def ddim_scheduler(prior, steps: int):
     return sch
 
 
-def guided_noise(prior, x_t: Tensor, t: Tensor, cond, rel_camera: Tensor, guidance: float) -> Tensor:
-    """ε̂ with classifier-free guidance (one conditional, and unless ``guidance == 1`` one unconditional call)."""
-    eps_c = prior.predict_noise(x_t, t, cond, rel_camera)
+def guided_noise(prior, x_t: Tensor, t: Tensor, cond, rel_camera: Tensor, guidance: float,
+                 num_views: int = 1) -> Tensor:
+    """ε̂ with classifier-free guidance (one conditional, and unless ``guidance == 1`` one unconditional call);
+    ``num_views`` V > 1: the rows are objects of V views denoised together (a joint prior), in both branches."""
+    eps_c = predict_noise_views(prior, x_t, t, cond, rel_camera, num_views)
     if guidance == 1.0:
         return eps_c
-    return cfg_combine(prior.predict_noise(x_t, t, None, rel_camera), eps_c, guidance)
+    return cfg_combine(predict_noise_views(prior, x_t, t, None, rel_camera, num_views), eps_c, guidance)
 
 
 @torch.no_grad()
 def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guidance: float = 3.0,
-                 generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+                 generator: Optional[torch.Generator] = None, progress: bool = False, num_views: int = 1,
+                 noise: Optional[Tensor] = None) -> Tensor:
     """Target views [N, 3, h, w] in [0, 1] at the ``N`` relative cameras ``rel_camera`` [N, 4] of the input
     ``image`` [1, 3, H, W] (RGB in [0, 1] on white), or of N input images [N, 3, H, W], one per camera.
-    Deterministic given ``generator`` (DDIM, eta = 0): the initial noise is drawn on the CPU from it."""
+    Deterministic given ``generator`` (DDIM, eta = 0): the initial noise is drawn on the CPU from it, unless
+    ``noise`` (shaped like the N samples) is given. ``num_views`` V > 1 (a joint prior): the N rows are N / V
+    objects of V consecutive views, denoised together (cross-view attention) in the same DDIM loop."""
+    from .prior import is_joint
+
     device = prior.alphas_cumprod.device
     n = rel_camera.shape[0]
     if image.shape[0] not in (1, n):
         raise ValueError(f"sample_views: {image.shape[0]} input images for {n} cameras (give 1 or {n})")
+    if num_views != 1 and (num_views < 1 or n % num_views or not is_joint(prior)):
+        raise ValueError(f"sample_views: num_views={num_views} needs a joint prior and a number of cameras ({n}) "
+                         "divisible by it")
     cond = prior.condition(image.to(device))
     shape = prior.encode(image[:1].to(device)).shape[1:]
-    x = torch.randn((n, *shape), generator=generator).to(device)
+    if noise is None:
+        x = torch.randn((n, *shape), generator=generator).to(device)
+    elif tuple(noise.shape) != (n, *shape):
+        raise ValueError(f"sample_views: noise has shape {tuple(noise.shape)}, expected {(n, *shape)}")
+    else:
+        x = noise.to(device, torch.float32)
     rel_camera = rel_camera.to(device)
     sch = ddim_scheduler(prior, steps)
     timesteps = sch.timesteps
@@ -73,7 +88,7 @@ def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guid
 
         timesteps = tqdm(timesteps, desc="DDIM", leave=False)
     for t in timesteps:
-        eps = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance)
+        eps = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance, num_views)
         x = sch.step(eps, t, x).prev_sample
     return prior.decode(x)
 
