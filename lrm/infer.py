@@ -371,7 +371,7 @@ def main_frontend(args, opts, out_root: Path) -> int:
     """infer.py IMAGE --frontend mv: every check (options, image, output folder, prior folder, multi-view checkpoint
     from its config) before any model is loaded; one error line and exit 2 on bad input."""
     from lrm.checkpoint import CheckpointError
-    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR
+    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR, folder_joint_views
     from lrm.frontend import DEFAULT_MV_CHECKPOINT, check_multiview_checkpoint
     from lrm.outdir import check_target, sweep_stale
     from lrm.pipeline import check_options
@@ -394,6 +394,9 @@ def main_frontend(args, opts, out_root: Path) -> int:
         if not prior_dir.exists():
             raise CheckpointError(f"diffusion prior not found: {prior_dir} (train one: docs/diffusion.md; or pass "
                                   "--prior DIR)")
+        if fe.joint and not folder_joint_views(prior_dir):
+            raise InputError(f"--frontend-views joint needs a prior trained with cross-view attention "
+                             f"(model.joint_views, e.g. --config zero123-mv-tiny); {prior_dir} denoises views one by one")
         mv_dir, _ = check_multiview_checkpoint(Path(args.mv_checkpoint) if args.mv_checkpoint
                                                else DEFAULT_MV_CHECKPOINT)
         check_output_dir(out_root)

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from test_diffusion import TINY, task_cfg, tiny_model  # noqa: E402
+from test_frontend import _infer, setup  # noqa: E402,F401  (setup: the front end's tiny prior / checkpoints)
 
 from lrm import cameras as C  # noqa: E402
 from lrm.diffusion.pixel_prior import PixelPrior  # noqa: E402
@@ -240,3 +241,50 @@ def test_task_trains_views_jointly():
     assert np.isfinite(metrics["mse"]) and {"mse_t100", "mse_t900", "cond_gain"} <= set(metrics)
     img = task.validation_image(model, vb)
     assert img.shape == (3, 6 * 16, 3 * 16)
+
+
+# ------------------------------------------------------------------------------------------------ infer.py
+def test_infer_frontend_views_flag(setup, tmp_path, capsys):
+    """``infer.py --frontend mv --frontend-views joint``: a joint prior's views are denoised together (recorded in
+    timings.json); with a single-view prior the flag is one error line before any model is loaded, nothing written."""
+    import json
+
+    from lrm.diffusion.pixel_prior import folder_joint_views
+    from lrm.diffusion.task import DiffusionTask
+
+    joint_dir = tmp_path / "joint-prior"
+    DiffusionTask(task_cfg(**{"model.joint_views": "true"})).export(joint_model().state_dict(), joint_dir)
+    assert folder_joint_views(joint_dir) and not folder_joint_views(setup / "prior")
+    base = [setup / "obj.png", "--frontend", "mv", "--mv-checkpoint", setup / "mv", "--frontend-steps", "2",
+            "--mc-resolution", "17", "--format", "ply"]
+    rc, cap = _infer(base + ["--prior", setup / "prior", "--frontend-views", "joint", "--out", tmp_path / "bad"],
+                     capsys)
+    err = cap.err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "cross-view attention" in err[0] and not (tmp_path / "bad").exists()
+    rc, cap = _infer(base + ["--prior", joint_dir, "--frontend-views", "joint", "--out", tmp_path / "out"], capsys)
+    assert rc == 0, cap.err
+    info = json.loads((tmp_path / "out" / "obj" / "timings.json").read_text())
+    assert info["generated_views"]["joint"] is True
+
+
+def test_sample_cli_denoises_a_joint_priors_views_together(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from test_diffusion import _cli, _png
+
+    from lrm.diffusion.task import DiffusionTask
+
+    DiffusionTask(task_cfg(**{"model.joint_views": "true"})).export(joint_model().state_dict(), tmp_path / "prior")
+    img = _png(tmp_path / "obj.png")
+    runs = {}
+    for name, extra in (("joint", []), ("indep", ["--independent"])):
+        args = [img, "--azimuth", "90,180,270", "--checkpoint", tmp_path / "prior", "--steps", "2",
+                "--out", tmp_path / name, *extra]
+        rc, cap = _cli(args, capsys)
+        assert rc == 0, cap.err
+        runs[name] = json.loads((tmp_path / name / "sampling.json").read_text())["joint"], \
+            np.asarray(Image.open(tmp_path / name / "view_az+180_el+0.png"), np.float32)
+    assert runs["joint"][0] is True and runs["indep"][0] is False
+    assert np.abs(runs["joint"][1] - runs["indep"][1]).max() > 0  # same seed, the views saw each other

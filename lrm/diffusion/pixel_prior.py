@@ -126,6 +126,22 @@ def is_diffusers_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
+def folder_joint_views(path: str | os.PathLike) -> bool:
+    """Whether the prior folder at ``path`` denoises views jointly (``model.joint_views`` in an exported ``zero123``
+    folder's config), read from its config alone, before any weights; a diffusers Zero-1-to-3 folder: False.
+    An unreadable config raises :class:`lrm.checkpoint.CheckpointError`."""
+    from ..checkpoint import CheckpointError, model_folder_files
+    from ..config import ConfigError, read_yaml
+
+    if is_diffusers_folder(path):
+        return False
+    _, cfg_path = model_folder_files(Path(path), "prior")
+    try:
+        return bool((read_yaml(cfg_path).get("model") or {}).get("joint_views", False))
+    except (ConfigError, AttributeError) as e:
+        raise CheckpointError(f"prior config {cfg_path} is not usable: {e}") from None
+
+
 def load_prior(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Any prior folder -> a ``ViewPrior``: a diffusers Zero-1-to-3 folder (``model_index.json``) goes to
     ``lrm.diffusion.zero123.load_zero123``; anything else is read as an exported ``zero123`` model folder."""
@@ -145,5 +161,5 @@ def load_prior(path: str | os.PathLike | None = None, device: str | torch.device
     return load_pixel_prior(folder, device)
 
 
-__all__ = ["PixelPrior", "load_prior", "load_pixel_prior", "is_diffusers_folder", "to_unit_range",
+__all__ = ["PixelPrior", "load_prior", "load_pixel_prior", "is_diffusers_folder", "folder_joint_views", "to_unit_range",
            "from_unit_range", "DEFAULT_PRIOR", "ViewUNetConfig"]

@@ -1,7 +1,7 @@
 """Novel views from one image with a view-conditioned prior: DDIM sampling with classifier-free guidance.
 
     python -m lrm.diffusion.sample IMAGE --azimuth 90[,180,...] [--elevation 10] [--checkpoint DIR]
-        [--steps 50] [--guidance 3.0] [--seed 0] [--out DIR] [--device cpu] [--overwrite]
+        [--steps 50] [--guidance 3.0] [--seed 0] [--out DIR] [--device cpu] [--overwrite] [--independent]
 
 The input is preprocessed as infer.py does (lrm/preprocess.py: foreground crop, padded square, composited on
 white). Sampling uses only the ``ViewPrior`` interface (lrm/diffusion/prior.py), so ``--checkpoint`` may be the
@@ -10,6 +10,8 @@ the public Zero-1-to-3 weights. ``--azimuth`` / ``--elevation`` are offsets from
 (azimuth toward +Y, i.e. the object turns as seen from above; elevation up); one PNG per azimuth is written to
 ``--out`` (default ``outputs/<image name>-views``), a new or empty folder or one this program wrote
 (lrm/outdir.py: written to a temporary folder, then renamed into place), with ``input.png`` and ``sampling.json``.
+A prior trained with cross-view attention (``model.joint_views``) denoises the requested views together, unless
+``--independent``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .prior import cfg_combine, predict_noise_views, relative_camera_from_angles
+from .prior import cfg_combine, is_joint, predict_noise_views, relative_camera_from_angles
 
 
 def ddim_scheduler(prior, steps: int):
@@ -63,8 +65,6 @@ def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guid
     Deterministic given ``generator`` (DDIM, eta = 0): the initial noise is drawn on the CPU from it, unless
     ``noise`` (shaped like the N samples) is given. ``num_views`` V > 1 (a joint prior): the N rows are N / V
     objects of V consecutive views, denoised together (cross-view attention) in the same DDIM loop."""
-    from .prior import is_joint
-
     device = prior.alphas_cumprod.device
     n = rel_camera.shape[0]
     if image.shape[0] not in (1, n):
@@ -127,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--foreground-ratio", type=float, default=None,
                    help="share of the frame the object's longer side fills (default: the prior's, else 0.85)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--independent", action="store_true",
+                   help="with a joint prior (model.joint_views), sample the views one by one instead of together")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if this program did not write it")
     return p.parse_args(argv)
 
@@ -192,9 +194,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     image = torch.from_numpy(pre.image).permute(2, 0, 1)[None].float()
     rel = relative_camera_from_angles(torch.tensor(el), torch.tensor(az))
+    joint = is_joint(prior) and not args.independent  # a joint prior denoises all requested views together
     t0 = time.perf_counter()
     views = sample_views(prior, image, rel, args.steps, args.guidance, torch.Generator().manual_seed(args.seed),
-                         progress=True)
+                         progress=True, num_views=len(az) if joint else 1)
     sample_s = time.perf_counter() - t0
     sweep_stale(out.parent)
     tmp = make_temp_dir(out)
@@ -204,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for v, name in zip(views, names):
             save_png(v, tmp / name)
         info = {"image": str(args.image), "checkpoint": str(ckpt), "steps": args.steps, "guidance": args.guidance,
-                "seed": args.seed, "device": str(device), "foreground_ratio": ratio,
+                "seed": args.seed, "device": str(device), "foreground_ratio": ratio, "joint": joint,
                 "views": [{"azimuth": a, "elevation": e, "file": n} for a, e, n in zip(az, el, names)],
                 "timings_s": {"load": load_s, "sample": sample_s}}
         (tmp / "sampling.json").write_text(json.dumps(info, indent=2))
