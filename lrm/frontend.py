@@ -140,7 +140,8 @@ def generate_views(prior, image, poses: Sequence[Tuple[float, float]] = DEFAULT_
     out = _resize(views.float().cpu(), tuple(x.shape[-2:])).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     c2w, intr = pose_cameras(poses, distance, fov_deg)
     info = {"steps": int(steps), "guidance": float(guidance), "seed": int(seed),
-            "prior_resolution": int(getattr(prior, "resolution", views.shape[-1])), "poses": [list(p) for p in poses], "joint": joint}
+            "prior_resolution": int(getattr(prior, "resolution", views.shape[-1])), "poses": [list(p) for p in poses],
+            "joint": joint}
     return GeneratedViews(np.ascontiguousarray(out, np.float32), c2w, intr, poses, seconds, info)
 
 

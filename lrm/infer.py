@@ -395,8 +395,8 @@ def main_frontend(args, opts, out_root: Path) -> int:
             raise CheckpointError(f"diffusion prior not found: {prior_dir} (train one: docs/diffusion.md; or pass "
                                   "--prior DIR)")
         if fe.joint and not folder_joint_views(prior_dir):
-            raise InputError(f"--frontend-views joint needs a prior trained with cross-view attention "
-                             f"(model.joint_views, e.g. --config zero123-mv-tiny); {prior_dir} denoises views one by one")
+            raise InputError("--frontend-views joint needs a prior trained with cross-view attention (model.joint_views, "
+                             f"e.g. --config zero123-mv-tiny); {prior_dir} denoises views one by one")
         mv_dir, _ = check_multiview_checkpoint(Path(args.mv_checkpoint) if args.mv_checkpoint
                                                else DEFAULT_MV_CHECKPOINT)
         check_output_dir(out_root)

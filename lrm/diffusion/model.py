@@ -274,5 +274,5 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ViewUNetConfig", "ViewConditionedUNet", "JointViewAttnProcessor", "ImageEncoder", "model_config", "check_config",
-           "schedule_config", "train_scheduler", "parameter_count"]
+__all__ = ["ViewUNetConfig", "ViewConditionedUNet", "JointViewAttnProcessor", "ImageEncoder", "model_config",
+           "check_config", "schedule_config", "train_scheduler", "parameter_count"]

@@ -120,5 +120,5 @@ def snr_weight(alphas_cumprod: Tensor, t: Tensor, kind: str = "sds") -> Tensor:
     raise ValueError(f"unknown SDS weighting {kind!r} (sds | uniform)")
 
 
-__all__ = ["Condition", "ViewPrior", "is_joint", "predict_noise_views", "orbit_parameters", "relative_camera", "relative_camera_from_angles",
-           "cfg_combine", "snr_weight"]
+__all__ = ["Condition", "ViewPrior", "is_joint", "predict_noise_views", "orbit_parameters", "relative_camera",
+           "relative_camera_from_angles", "cfg_combine", "snr_weight"]
