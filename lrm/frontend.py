@@ -12,10 +12,12 @@ the input camera sits at azimuth 0, elevation 0, distance 2.0, FoV 40°); each g
 camera at that pose, at the input's distance and FoV. The prior is asked for exactly these relative cameras
 (``lrm.diffusion.prior.relative_camera`` of input and target equals ``relative_camera_from_angles(el, az)``).
 
-The views are sampled *independently* given the input (Zero-1-to-3 conditioning), batched into one DDIM run over
-the n views (``lrm.diffusion.sample.sample_views``). Jointly denoised views (a 2x2 tiled grid as in Instant3D /
-Zero123++, or cross-view attention as in MVDream) would be more consistent with each other; a prior of that kind
-would plug in behind the same function (docs/inference.md, "Multi-view front end").
+The n views are sampled in one batched DDIM run (``lrm.diffusion.sample.sample_views``): *independently* given the
+input with a single-view prior (Zero-1-to-3 conditioning), or *jointly* with a prior trained with cross-view
+attention (``model.joint_views``, e.g. ``train.py --config zero123-mv-tiny``; MVDream-style), where every
+self-attention layer sees all n views of the object at once, so the views agree with each other. ``joint=None``
+(the default) follows the prior; ``joint=True`` with a single-view prior is an error (docs/diffusion.md,
+"Jointly denoised views").
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class FrontendConfig:
     steps: int = 50  # DDIM steps
     guidance: float = 3.0  # classifier-free guidance scale (1 = conditional prediction only)
     seed: int = 0
+    joint: Optional[bool] = None  # denoise the views together (cross-view attention); None: as the prior does
 
 
 @dataclass
@@ -108,26 +111,37 @@ def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 def generate_views(prior, image, poses: Sequence[Tuple[float, float]] = DEFAULT_POSES, steps: int = 50,
                    guidance: float = 3.0, seed: int = 0, distance: float = C.CANONICAL_DISTANCE,
-                   fov_deg: float = C.CANONICAL_FOV_DEG, progress: bool = False) -> GeneratedViews:
+                   fov_deg: float = C.CANONICAL_FOV_DEG, progress: bool = False,
+                   joint: Optional[bool] = None) -> GeneratedViews:
     """Views of the object in ``image`` ([S, S, 3] RGB in [0, 1], on white, framed as the prior expects) at
     ``poses`` (azimuth°, elevation° relative to the input), sampled by ``prior`` (a ``ViewPrior``) in one batched
     DDIM run with classifier-free guidance; resized from the prior's resolution to S. Deterministic given ``seed``.
-    Cameras: orbit cameras at ``distance`` with vertical FoV ``fov_deg`` (the input camera's)."""
-    from .diffusion.prior import relative_camera_from_angles
+    Cameras: orbit cameras at ``distance`` with vertical FoV ``fov_deg`` (the input camera's).
+    ``joint``: denoise the views together (cross-view attention, a prior with ``joint_views``) or independently;
+    None: together exactly when the prior can."""
+    from .diffusion.prior import is_joint, relative_camera_from_angles
     from .diffusion.sample import sample_views
+    from .preprocess import InputError
 
     poses = check_poses(poses)
+    can = is_joint(prior)
+    if joint and not can:
+        raise InputError("jointly denoised views need a prior trained with cross-view attention (model.joint_views, "
+                         "e.g. train.py --config zero123-mv-tiny); this prior denoises views independently")
+    joint = can if joint is None else bool(joint)
     x = _to_tensor_image(image)
     el = torch.tensor([p[1] for p in poses], dtype=torch.float32)
     az = torch.tensor([p[0] for p in poses], dtype=torch.float32)
     t0 = time.perf_counter()
     views = sample_views(prior, x, relative_camera_from_angles(el, az), int(steps), float(guidance),
-                         torch.Generator().manual_seed(int(seed)), progress=progress)
+                         torch.Generator().manual_seed(int(seed)), progress=progress,
+                         num_views=len(poses) if joint else 1)
     seconds = time.perf_counter() - t0
     out = _resize(views.float().cpu(), tuple(x.shape[-2:])).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     c2w, intr = pose_cameras(poses, distance, fov_deg)
     info = {"steps": int(steps), "guidance": float(guidance), "seed": int(seed),
-            "prior_resolution": int(getattr(prior, "resolution", views.shape[-1])), "poses": [list(p) for p in poses]}
+            "prior_resolution": int(getattr(prior, "resolution", views.shape[-1])), "poses": [list(p) for p in poses],
+            "joint": joint}
     return GeneratedViews(np.ascontiguousarray(out, np.float32), c2w, intr, poses, seconds, info)
 
 
@@ -205,7 +219,7 @@ def run_frontend(image, prior_dir, mv_checkpoint=None, config: Optional[Frontend
     a = pre.rgba[..., 3:]
     on_white = pre.rgba[..., :3] * a + (1 - a)  # the prior's inputs and outputs are on white
     gen = generate_views(prior, on_white, cfg_fe.poses, cfg_fe.steps, cfg_fe.guidance, cfg_fe.seed, distance, fov,
-                         progress=progress)
+                         progress=progress, joint=cfg_fe.joint)
     timings["frontend"] = gen.seconds
     del prior
     release(dev)  # the prior's memory goes back before the LRM is loaded

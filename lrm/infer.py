@@ -7,6 +7,7 @@
         [--refine sds|ref|scratch [--prior DIR] [--refine-steps N]]
     python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
     python infer.py image.png --frontend mv [--prior DIR] [--mv-checkpoint DIR] [--frontend-steps N]
+        [--frontend-views joint|independent]
 
 Per image it writes OUT/<name>/: mesh.<format>, triplane.safetensors (for SDS refinement), input.png (the
 preprocessed model input), input_mask.png (its alpha), turntable.mp4 with --video, and timings.json. With --refine
@@ -69,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--frontend-steps", type=int, default=None, help="DDIM steps of --frontend mv (default 50)")
     p.add_argument("--frontend-guidance", type=float, default=None, help="CFG scale of --frontend mv (default 3)")
     p.add_argument("--frontend-seed", type=int, default=None, help="noise seed of --frontend mv (default 0)")
+    p.add_argument("--frontend-views", default=None, choices=["joint", "independent"],
+                   help="denoise the generated views together (cross-view attention; needs a prior trained with "
+                   "model.joint_views, e.g. zero123-mv-tiny) or one by one (default: as the prior does)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p.parse_args(argv)
 
@@ -328,8 +332,9 @@ def frontend_config(args):
         raise InputError(f"--frontend-steps must be in [1, 1000], got {steps}")
     if not (math.isfinite(guidance) and 0.0 <= guidance <= 100.0):
         raise InputError(f"--frontend-guidance must be in [0, 100], got {guidance}")
+    joint = {None: cfg.joint, "joint": True, "independent": False}[getattr(args, "frontend_views", None)]
     return FrontendConfig(steps=int(steps), guidance=float(guidance),
-                          seed=cfg.seed if args.frontend_seed is None else int(args.frontend_seed))
+                          seed=cfg.seed if args.frontend_seed is None else int(args.frontend_seed), joint=joint)
 
 
 def process_frontend(args, fe, prior_dir: Path, mv_dir: Path, opts, out_root: Path) -> Path:
@@ -366,7 +371,7 @@ def main_frontend(args, opts, out_root: Path) -> int:
     """infer.py IMAGE --frontend mv: every check (options, image, output folder, prior folder, multi-view checkpoint
     from its config) before any model is loaded; one error line and exit 2 on bad input."""
     from lrm.checkpoint import CheckpointError
-    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR
+    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR, folder_joint_views
     from lrm.frontend import DEFAULT_MV_CHECKPOINT, check_multiview_checkpoint
     from lrm.outdir import check_target, sweep_stale
     from lrm.pipeline import check_options
@@ -389,6 +394,9 @@ def main_frontend(args, opts, out_root: Path) -> int:
         if not prior_dir.exists():
             raise CheckpointError(f"diffusion prior not found: {prior_dir} (train one: docs/diffusion.md; or pass "
                                   "--prior DIR)")
+        if fe.joint and not folder_joint_views(prior_dir):
+            raise InputError("--frontend-views joint needs a prior trained with cross-view attention (model.joint_views, "
+                             f"e.g. --config zero123-mv-tiny); {prior_dir} denoises views one by one")
         mv_dir, _ = check_multiview_checkpoint(Path(args.mv_checkpoint) if args.mv_checkpoint
                                                else DEFAULT_MV_CHECKPOINT)
         check_output_dir(out_root)

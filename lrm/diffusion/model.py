@@ -19,10 +19,18 @@ Noise schedule (``schedule_config``): 1000 DDPM steps with cosine betas (``squar
 2021). The cosine schedule was designed for low-resolution pixel-space models: a linear or scaled-linear schedule
 (made for 256² pixels / Stable Diffusion latents) leaves a 64² image almost pure noise for the last few hundred
 steps, which wastes training steps; cosine keeps ᾱ_t decaying evenly over t.
+
+Jointly denoised views (``joint_views: true``, MVDream's "3D self-attention"): the batch is laid out as
+``[B * V, ...]``, the V target views of each object contiguous (each with its own relative camera, all with the same
+input view), and ``forward(..., num_views=V)``. Every self-attention layer of the UNet then attends over the tokens
+of all V views of an object together ([B, V * h * w, C]) instead of one image at a time; everything else (ResNet
+blocks, group norms, the condition) stays per view. No weights are added, so a single-view checkpoint loads as is,
+and with V = 1 the model computes exactly what the single-view model computes (docs/diffusion.md, "Jointly denoised
+views").
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import List, Optional
 
 import torch
@@ -45,6 +53,7 @@ class ViewUNetConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine; see the module docstring
     prediction_type: str = "epsilon"
+    joint_views: bool = False  # self-attention across the V views of one object (forward(..., num_views=V))
 
 
 #: Allowed ranges of the size-like keys (inclusive), checked before a model is built.
@@ -64,6 +73,8 @@ def check_config(cfg: ViewUNetConfig) -> ViewUNetConfig:
     if any(c % cfg.norm_num_groups for c in chans):
         raise ConfigError(f"model.block_out_channels {chans} must be multiples of model.norm_num_groups "
                           f"({cfg.norm_num_groups})")
+    if cfg.joint_views and not any(cfg.attention):
+        raise ConfigError("model.joint_views needs self-attention at one UNet level at least (model.attention)")
     if cfg.resolution % (2 ** (len(chans) - 1)):
         raise ConfigError(f"model.resolution {cfg.resolution} must be divisible by 2^{len(chans) - 1} "
                           f"({len(chans)} UNet levels)")
@@ -116,6 +127,66 @@ class ImageEncoder(nn.Module):
         return self.proj(self.convs(image).mean(dim=(-2, -1)))
 
 
+class _ViewCount:
+    """How many views one object has in the batch of the forward pass in progress (set and restored by
+    ``ViewConditionedUNet.forward``; 1 outside a call). Shared by the model's attention processors."""
+
+    def __init__(self):
+        self.n = 1
+
+
+class JointViewAttnProcessor:
+    """A diffusers attention processor for the UNet's self-attention layers that attends over the tokens of all
+    views of one object: hidden states [B * V, C, h, w] (or [B * V, h * w, C]) -> group norm per view (as the
+    single-view layer) -> tokens regrouped to [B, V * h * w, C] -> the layer's own q / k / v / out projections and
+    scaled dot-product attention -> back to [B * V, ...], plus the residual. With V = 1 it performs the same
+    operations as diffusers' ``AttnProcessor2_0`` on the same shapes."""
+
+    def __init__(self, views: _ViewCount):
+        self.views = views
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor] = None,
+                 attention_mask: Optional[Tensor] = None, temb: Optional[Tensor] = None) -> Tensor:
+        import torch.nn.functional as F
+
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("JointViewAttnProcessor is for self-attention without a mask")
+        v = int(self.views.n)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            n, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(n, channel, height * width).transpose(1, 2)
+        n, length, _ = hidden_states.shape
+        if n % v:
+            raise ValueError(f"a batch of {n} images is not a whole number of objects of {v} views")
+        if attn.group_norm is not None:  # per view, as in the single-view model
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = hidden_states.reshape(n // v, v * length, hidden_states.shape[-1])  # views of one object
+        b = n // v
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(b, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                                       is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # linear, dropout
+        hidden_states = hidden_states.reshape(n, length, hidden_states.shape[-1])  # back to one row per view
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(n, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
 class ViewConditionedUNet(nn.Module):
     """ε-prediction UNet for a target view given an input view and a relative camera (module docstring)."""
 
@@ -140,6 +211,23 @@ class ViewConditionedUNet(nn.Module):
         nn.init.zeros_(self.cond_mlp[-1].bias)
         #: the condition vector of a dropped condition (image and camera together), learned
         self.null_condition = nn.Parameter(torch.zeros(self.time_dim))
+        self._views = _ViewCount()
+        if cfg.joint_views:
+            self.set_joint_views(True)
+
+    @property
+    def joint_views(self) -> bool:
+        return bool(self.cfg.joint_views)
+
+    def set_joint_views(self, joint: bool) -> None:
+        """Switch the self-attention layers between per-image (diffusers' default processor) and across the views
+        of an object (:class:`JointViewAttnProcessor`); weights are untouched, ``cfg.joint_views`` follows."""
+        from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+        for m in self.unet.modules():
+            if isinstance(m, Attention):
+                m.set_processor(JointViewAttnProcessor(self._views) if joint else AttnProcessor2_0())
+        self.cfg = replace(self.cfg, joint_views=bool(joint))  # a copy: the caller's config object is not changed
 
     def embed_image(self, cond_image: Tensor) -> Tensor:
         """Input view [B, 3, S, S] in [-1, 1] -> [B, image_embed_dim] (precomputed once per image at sampling)."""
@@ -153,10 +241,17 @@ class ViewConditionedUNet(nn.Module):
         return torch.where(drop.to(c.device).view(-1, 1), self.null_condition.to(c).expand_as(c), c)
 
     def forward(self, x_t: Tensor, t: Tensor, cond_image: Tensor, rel_camera: Tensor, drop: Optional[Tensor] = None,
-                image_embedding: Optional[Tensor] = None) -> Tensor:
+                image_embedding: Optional[Tensor] = None, num_views: int = 1) -> Tensor:
         """ε̂ [B, 3, S, S] for ``x_t`` [B, 3, S, S] at integer timesteps ``t`` [B]; ``cond_image`` [B, 3, S, S] in
         [-1, 1]; ``rel_camera`` [B, 4]; ``drop`` [B] bool: drop the condition of those rows (classifier-free
-        guidance); ``image_embedding``: ``embed_image(cond_image)`` when already computed."""
+        guidance); ``image_embedding``: ``embed_image(cond_image)`` when already computed. ``num_views`` V > 1
+        (``joint_views`` models only): the rows are B / V objects of V consecutive views, denoised together."""
+        num_views = int(num_views)
+        if num_views < 1 or x_t.shape[0] % num_views:
+            raise ValueError(f"num_views={num_views} does not divide the batch of {x_t.shape[0]} views")
+        if num_views != 1 and not self.cfg.joint_views:
+            raise ValueError(f"num_views={num_views}: this model denoises views independently "
+                             "(model.joint_views: false)")
         if image_embedding is None:
             image_embedding = self.embed_image(cond_image)
         c = self.condition_vector(image_embedding, rel_camera, drop)
@@ -165,7 +260,11 @@ class ViewConditionedUNet(nn.Module):
         t = t.to(x_t.device)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        return self.unet(torch.cat([x_t, cond_image.to(x_t)], dim=1), t, class_labels=c).sample
+        self._views.n = num_views
+        try:
+            return self.unet(torch.cat([x_t, cond_image.to(x_t)], dim=1), t, class_labels=c).sample
+        finally:
+            self._views.n = 1
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -175,5 +274,5 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ViewUNetConfig", "ViewConditionedUNet", "ImageEncoder", "model_config", "check_config",
-           "schedule_config", "train_scheduler", "parameter_count"]
+__all__ = ["ViewUNetConfig", "ViewConditionedUNet", "JointViewAttnProcessor", "ImageEncoder", "model_config",
+           "check_config", "schedule_config", "train_scheduler", "parameter_count"]

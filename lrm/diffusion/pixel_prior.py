@@ -49,6 +49,11 @@ class PixelPrior:
         self.sample_clip = 1.0  # pixel space: the clean image lies in [-1, 1] (DDIM may clip x0 estimates)
         self.foreground_ratio: Optional[float] = None  # input framing the prior was trained on (config infer.*)
 
+    @property
+    def joint_views(self) -> bool:
+        """True for a model with cross-view attention: ``predict_noise(..., num_views=V)`` denoises V views together."""
+        return bool(self.model.cfg.joint_views)
+
     def encode(self, rgb: Tensor) -> Tensor:
         return to_unit_range(rgb.to(self.device, torch.float32), self.resolution)
 
@@ -60,7 +65,10 @@ class PixelPrior:
         x = self.encode(image)
         return Condition(image=image, extras={"cond_image": x, "embedding": self.model.embed_image(x)})
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor,
+                      num_views: int = 1) -> Tensor:
+        """ε̂ for ``x_t`` [N, 3, S, S] (lrm/diffusion/prior.py); ``num_views`` V > 1 (joint models): the N rows are
+        N / V objects of V consecutive views, denoised together."""
         n = x_t.shape[0]
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
         rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
@@ -68,9 +76,11 @@ class PixelPrior:
             d = self.model.cfg.image_embed_dim
             drop = torch.ones(n, dtype=torch.bool, device=self.device)
             return self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
-                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype))
+                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
+                              num_views=num_views)
         img, emb = cond.extras["cond_image"], cond.extras["embedding"]
-        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1))
+        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1),
+                          num_views=num_views)
 
 
 def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:
@@ -116,6 +126,22 @@ def is_diffusers_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
+def folder_joint_views(path: str | os.PathLike) -> bool:
+    """Whether the prior folder at ``path`` denoises views jointly (``model.joint_views`` in an exported ``zero123``
+    folder's config), read from its config alone, before any weights; a diffusers Zero-1-to-3 folder: False.
+    An unreadable config raises :class:`lrm.checkpoint.CheckpointError`."""
+    from ..checkpoint import CheckpointError, model_folder_files
+    from ..config import ConfigError, read_yaml
+
+    if is_diffusers_folder(path):
+        return False
+    _, cfg_path = model_folder_files(Path(path), "prior")
+    try:
+        return bool((read_yaml(cfg_path).get("model") or {}).get("joint_views", False))
+    except (ConfigError, AttributeError) as e:
+        raise CheckpointError(f"prior config {cfg_path} is not usable: {e}") from None
+
+
 def load_prior(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """Any prior folder -> a ``ViewPrior``: a diffusers Zero-1-to-3 folder (``model_index.json``) goes to
     ``lrm.diffusion.zero123.load_zero123``; anything else is read as an exported ``zero123`` model folder."""
@@ -135,5 +161,5 @@ def load_prior(path: str | os.PathLike | None = None, device: str | torch.device
     return load_pixel_prior(folder, device)
 
 
-__all__ = ["PixelPrior", "load_prior", "load_pixel_prior", "is_diffusers_folder", "to_unit_range",
+__all__ = ["PixelPrior", "load_prior", "load_pixel_prior", "is_diffusers_folder", "folder_joint_views", "to_unit_range",
            "from_unit_range", "DEFAULT_PRIOR", "ViewUNetConfig"]

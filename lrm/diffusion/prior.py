@@ -16,6 +16,10 @@ Conventions
   ``x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε``.
 - ``predict_noise`` returns ε̂ (priors trained for v-prediction convert before returning).
 - ``cond=None`` (or ``drop`` set) is the unconditional branch for classifier-free guidance.
+- Jointly denoised views (optional): a prior whose ``joint_views`` attribute is True also takes
+  ``predict_noise(..., num_views=V)``: the N rows are N / V objects of V consecutive views (each with its own
+  relative camera), which the prior denoises together. Callers go through :func:`predict_noise_views`, which
+  passes ``num_views`` only when it is not 1, so priors without the option keep the four-argument call.
 """
 from __future__ import annotations
 
@@ -50,6 +54,26 @@ class ViewPrior(Protocol):
         """ε̂ for ``x_t`` [N, C, h, w] at integer timesteps ``t`` [N]; ``rel_camera`` [N, 4] (see
         ``relative_camera``); ``cond`` is expanded to N when it holds one image. ``cond=None``: unconditional."""
         ...
+
+
+def is_joint(prior) -> bool:
+    """Whether ``prior`` denoises the views of one object together (``predict_noise(..., num_views=V)``)."""
+    return bool(getattr(prior, "joint_views", False))
+
+
+def predict_noise_views(prior, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor,
+                        num_views: int = 1) -> Tensor:
+    """``prior.predict_noise`` with ``num_views`` views per object; V = 1 is the plain four-argument call, V > 1
+    needs a joint prior (:func:`is_joint`) and a batch that is a whole number of objects."""
+    num_views = int(num_views)
+    if num_views == 1:
+        return prior.predict_noise(x_t, t, cond, rel_camera)
+    if num_views < 1 or x_t.shape[0] % num_views:
+        raise ValueError(f"num_views={num_views} does not divide the batch of {x_t.shape[0]} views")
+    if not is_joint(prior):
+        raise ValueError(f"num_views={num_views}: {type(prior).__name__} denoises views independently "
+                         "(a prior with joint_views, e.g. trained with --config zero123-mv-tiny, is needed)")
+    return prior.predict_noise(x_t, t, cond, rel_camera, num_views=num_views)
 
 
 def orbit_parameters(c2w: Tensor) -> Tensor:
@@ -96,5 +120,5 @@ def snr_weight(alphas_cumprod: Tensor, t: Tensor, kind: str = "sds") -> Tensor:
     raise ValueError(f"unknown SDS weighting {kind!r} (sds | uniform)")
 
 
-__all__ = ["Condition", "ViewPrior", "orbit_parameters", "relative_camera", "relative_camera_from_angles",
-           "cfg_combine", "snr_weight"]
+__all__ = ["Condition", "ViewPrior", "is_joint", "predict_noise_views", "orbit_parameters", "relative_camera",
+           "relative_camera_from_angles", "cfg_combine", "snr_weight"]

@@ -1,7 +1,7 @@
 """Novel views from one image with a view-conditioned prior: DDIM sampling with classifier-free guidance.
 
     python -m lrm.diffusion.sample IMAGE --azimuth 90[,180,...] [--elevation 10] [--checkpoint DIR]
-        [--steps 50] [--guidance 3.0] [--seed 0] [--out DIR] [--device cpu] [--overwrite]
+        [--steps 50] [--guidance 3.0] [--seed 0] [--out DIR] [--device cpu] [--overwrite] [--independent]
 
 The input is preprocessed as infer.py does (lrm/preprocess.py: foreground crop, padded square, composited on
 white). Sampling uses only the ``ViewPrior`` interface (lrm/diffusion/prior.py), so ``--checkpoint`` may be the
@@ -10,6 +10,8 @@ the public Zero-1-to-3 weights. ``--azimuth`` / ``--elevation`` are offsets from
 (azimuth toward +Y, i.e. the object turns as seen from above; elevation up); one PNG per azimuth is written to
 ``--out`` (default ``outputs/<image name>-views``), a new or empty folder or one this program wrote
 (lrm/outdir.py: written to a temporary folder, then renamed into place), with ``input.png`` and ``sampling.json``.
+A prior trained with cross-view attention (``model.joint_views``) denoises the requested views together, unless
+``--independent``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .prior import cfg_combine, relative_camera_from_angles
+from .prior import cfg_combine, is_joint, predict_noise_views, relative_camera_from_angles
 
 
 def ddim_scheduler(prior, steps: int):
@@ -44,27 +46,40 @@ def ddim_scheduler(prior, steps: int):
     return sch
 
 
-def guided_noise(prior, x_t: Tensor, t: Tensor, cond, rel_camera: Tensor, guidance: float) -> Tensor:
-    """ε̂ with classifier-free guidance (one conditional, and unless ``guidance == 1`` one unconditional call)."""
-    eps_c = prior.predict_noise(x_t, t, cond, rel_camera)
+def guided_noise(prior, x_t: Tensor, t: Tensor, cond, rel_camera: Tensor, guidance: float,
+                 num_views: int = 1) -> Tensor:
+    """ε̂ with classifier-free guidance (one conditional, and unless ``guidance == 1`` one unconditional call);
+    ``num_views`` V > 1: the rows are objects of V views denoised together (a joint prior), in both branches."""
+    eps_c = predict_noise_views(prior, x_t, t, cond, rel_camera, num_views)
     if guidance == 1.0:
         return eps_c
-    return cfg_combine(prior.predict_noise(x_t, t, None, rel_camera), eps_c, guidance)
+    return cfg_combine(predict_noise_views(prior, x_t, t, None, rel_camera, num_views), eps_c, guidance)
 
 
 @torch.no_grad()
 def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guidance: float = 3.0,
-                 generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
+                 generator: Optional[torch.Generator] = None, progress: bool = False, num_views: int = 1,
+                 noise: Optional[Tensor] = None) -> Tensor:
     """Target views [N, 3, h, w] in [0, 1] at the ``N`` relative cameras ``rel_camera`` [N, 4] of the input
     ``image`` [1, 3, H, W] (RGB in [0, 1] on white), or of N input images [N, 3, H, W], one per camera.
-    Deterministic given ``generator`` (DDIM, eta = 0): the initial noise is drawn on the CPU from it."""
+    Deterministic given ``generator`` (DDIM, eta = 0): the initial noise is drawn on the CPU from it, unless
+    ``noise`` (shaped like the N samples) is given. ``num_views`` V > 1 (a joint prior): the N rows are N / V
+    objects of V consecutive views, denoised together (cross-view attention) in the same DDIM loop."""
     device = prior.alphas_cumprod.device
     n = rel_camera.shape[0]
     if image.shape[0] not in (1, n):
         raise ValueError(f"sample_views: {image.shape[0]} input images for {n} cameras (give 1 or {n})")
+    if num_views != 1 and (num_views < 1 or n % num_views or not is_joint(prior)):
+        raise ValueError(f"sample_views: num_views={num_views} needs a joint prior and a number of cameras ({n}) "
+                         "divisible by it")
     cond = prior.condition(image.to(device))
     shape = prior.encode(image[:1].to(device)).shape[1:]
-    x = torch.randn((n, *shape), generator=generator).to(device)
+    if noise is None:
+        x = torch.randn((n, *shape), generator=generator).to(device)
+    elif tuple(noise.shape) != (n, *shape):
+        raise ValueError(f"sample_views: noise has shape {tuple(noise.shape)}, expected {(n, *shape)}")
+    else:
+        x = noise.to(device, torch.float32)
     rel_camera = rel_camera.to(device)
     sch = ddim_scheduler(prior, steps)
     timesteps = sch.timesteps
@@ -73,7 +88,7 @@ def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guid
 
         timesteps = tqdm(timesteps, desc="DDIM", leave=False)
     for t in timesteps:
-        eps = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance)
+        eps = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance, num_views)
         x = sch.step(eps, t, x).prev_sample
     return prior.decode(x)
 
@@ -112,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--foreground-ratio", type=float, default=None,
                    help="share of the frame the object's longer side fills (default: the prior's, else 0.85)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--independent", action="store_true",
+                   help="with a joint prior (model.joint_views), sample the views one by one instead of together")
     p.add_argument("--overwrite", action="store_true", help="replace --out even if this program did not write it")
     return p.parse_args(argv)
 
@@ -177,9 +194,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     image = torch.from_numpy(pre.image).permute(2, 0, 1)[None].float()
     rel = relative_camera_from_angles(torch.tensor(el), torch.tensor(az))
+    joint = is_joint(prior) and not args.independent  # a joint prior denoises all requested views together
     t0 = time.perf_counter()
     views = sample_views(prior, image, rel, args.steps, args.guidance, torch.Generator().manual_seed(args.seed),
-                         progress=True)
+                         progress=True, num_views=len(az) if joint else 1)
     sample_s = time.perf_counter() - t0
     sweep_stale(out.parent)
     tmp = make_temp_dir(out)
@@ -189,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for v, name in zip(views, names):
             save_png(v, tmp / name)
         info = {"image": str(args.image), "checkpoint": str(ckpt), "steps": args.steps, "guidance": args.guidance,
-                "seed": args.seed, "device": str(device), "foreground_ratio": ratio,
+                "seed": args.seed, "device": str(device), "foreground_ratio": ratio, "joint": joint,
                 "views": [{"azimuth": a, "elevation": e, "file": n} for a, e, n in zip(az, el, names)],
                 "timings_s": {"load": load_s, "sample": sample_s}}
         (tmp / "sampling.json").write_text(json.dumps(info, indent=2))

@@ -112,14 +112,20 @@ PAIR_KEYS = ("cond_image", "target", "rel_camera")
 
 
 def view_pairs(batch: Dict, resolution: int) -> Dict:
-    """A training batch (lrm/data/batch.py) -> the pair batch of this task:
+    """A training batch (lrm/data/batch.py) of B objects with K target views -> the pair batch of this task, one
+    row per (object, target view), the K views of an object consecutive (row ``b * K + k``):
 
-    ``cond_image`` [B, 3, S, S] input view in [-1, 1], ``target`` [B, 3, S, S] first supervision view in [-1, 1],
-    ``rel_camera`` [B, 4] from the input camera to the target camera (both in the canonical frame), ``uid``."""
+    ``cond_image`` [B*K, 3, S, S] the object's input view in [-1, 1] (repeated per view), ``target``
+    [B*K, 3, S, S] the target views in [-1, 1], ``rel_camera`` [B*K, 4] from the input camera to each target camera
+    (both in the canonical frame), ``uid`` (one per object)."""
     src_c2w, _ = camera_from_vector(batch["input_cameras"][:, 0])
-    return {"cond_image": to_unit_range(batch["input_images"][:, 0].float(), resolution),
-            "target": to_unit_range(batch["target_rgb"][:, 0].permute(0, 3, 1, 2).float(), resolution),
-            "rel_camera": relative_camera(src_c2w.float(), batch["target_c2w"][:, 0].float()),
+    rgb = batch["target_rgb"].float()  # [B, K, H, W, 3]
+    b, k = rgb.shape[:2]
+    tgt_c2w = batch["target_c2w"].float()  # [B, K, 4, 4]
+    src = src_c2w.float()[:, None].expand(b, k, 4, 4)
+    return {"cond_image": to_unit_range(batch["input_images"][:, 0].float(), resolution).repeat_interleave(k, 0),
+            "target": to_unit_range(rgb.flatten(0, 1).permute(0, 3, 1, 2), resolution),
+            "rel_camera": relative_camera(src, tgt_c2w).reshape(b * k, 4),
             "uid": list(batch.get("uid", []))}
 
 
@@ -161,6 +167,12 @@ class DiffusionTask(Task):
     def apply_defaults(self, cfg: DictConfig) -> DictConfig:
         return apply_task_defaults(cfg)
 
+    @property
+    def num_views(self) -> int:
+        """Rows of one object denoised together: ``data.num_views_target`` for a joint model
+        (``model.joint_views``), else 1 (each (input, target) pair on its own)."""
+        return int(self.cfg.data.num_views_target) if self.model_cfg.joint_views else 1
+
     def resolve_config(self, cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.data.source = resolve_source(self._source_cfg(1))  # "auto" decided once, recorded in the run
@@ -189,6 +201,8 @@ class DiffusionTask(Task):
                 return f"{k} has non-finite values"
         s = self.model_cfg.resolution
         b = batch["target"].shape[0]
+        if b % self.num_views:
+            return f"{b} target views are not whole objects of {self.num_views} views"
         for k, shape in (("cond_image", (b, 3, s, s)), ("target", (b, 3, s, s)), ("rel_camera", (b, 4))):
             if tuple(batch[k].shape) != shape:
                 return f"{k} has shape {tuple(batch[k].shape)}, expected {shape}"
@@ -200,15 +214,18 @@ class DiffusionTask(Task):
         return self.scheduler.add_noise(x0, noise, t.to(x0.device))
 
     def step_losses(self, module: torch.nn.Module, batch: Dict, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """ε-MSE over every target view. A joint model's V views of one object share the timestep and the dropped
+        condition (as at sampling) and are denoised together (``num_views=V``)."""
         device = next(module.parameters()).device
         x0 = batch["target"].to(device)
-        b = x0.shape[0]
+        b, v = x0.shape[0], self.num_views
         gdev = generator.device
         noise = torch.randn(x0.shape, generator=generator, device=gdev).to(device)
-        t = torch.randint(0, self.model_cfg.num_train_timesteps, (b,), generator=generator, device=gdev).to(device)
-        drop = (torch.rand(b, generator=generator, device=gdev) < float(self.model_cfg.cond_dropout)).to(device)
+        t = torch.randint(0, self.model_cfg.num_train_timesteps, (b // v,), generator=generator, device=gdev)
+        drop = torch.rand(b // v, generator=generator, device=gdev) < float(self.model_cfg.cond_dropout)
+        t, drop = t.repeat_interleave(v).to(device), drop.repeat_interleave(v).to(device)
         eps = module(self.noisy(x0, noise, t), t, batch["cond_image"].to(device), batch["rel_camera"].to(device),
-                     drop=drop)
+                     drop=drop, num_views=v)
         mse = F.mse_loss(eps.float(), noise)
         return {"total": mse, "mse": mse.detach()}
 
@@ -226,13 +243,18 @@ class DiffusionTask(Task):
         ts = torch.tensor([int(t) for t in d.val_timesteps], dtype=torch.long)
         if ts.numel() == 0:
             return None
-        b = batch["target"].shape[0]
+        v = self.num_views
+        m, n_t = batch["target"].shape[0] // v, len(ts)
+
+        def rep(x):  # rows (object, view) -> (object, timestep, view): each object's views stay together
+            x = x[: m * v].reshape(m, 1, v, *x.shape[1:]).expand(m, n_t, v, *x.shape[1:])
+            return x.reshape(m * n_t * v, *x.shape[3:])
+
         g = torch.Generator().manual_seed(int(d.val_seed))
-        rep = {k: batch[k].repeat_interleave(len(ts), 0) for k in PAIR_KEYS}
-        out = {k: v.to(device) for k, v in rep.items()}
-        out["t"] = ts.repeat(b).to(device)
+        out = {k: rep(batch[k]).to(device) for k in PAIR_KEYS}
+        out["t"] = ts.view(1, n_t, 1).expand(m, n_t, v).reshape(-1).to(device)
         out["noise"] = torch.randn(out["target"].shape, generator=g).to(device)
-        out["pairs"] = {k: batch[k].to(device) for k in PAIR_KEYS}  # one row per object, for the image grid
+        out["pairs"] = {k: batch[k][: m * v].to(device) for k in PAIR_KEYS}  # one row per view, for the image grid
         return out
 
     @torch.no_grad()
@@ -242,9 +264,10 @@ class DiffusionTask(Task):
         try:
             x_t = self.noisy(batch["target"], batch["noise"], batch["t"])
             n = x_t.shape[0]
-            eps_c = model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"])
+            kw = {"num_views": self.num_views}
+            eps_c = model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"], **kw)
             eps_u = model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"],
-                          drop=torch.ones(n, dtype=torch.bool, device=x_t.device))
+                          drop=torch.ones(n, dtype=torch.bool, device=x_t.device), **kw)
         finally:
             model.train(was)
         err_c = (eps_c - batch["noise"]).pow(2).flatten(1).mean(1)
@@ -269,7 +292,8 @@ class DiffusionTask(Task):
         g = torch.Generator().manual_seed(int(d.val_seed))
         try:
             cond_rgb = from_unit_range(pairs["cond_image"])
-            x = sample_views(prior, cond_rgb, pairs["rel_camera"], int(d.sample_steps), float(d.sample_guidance), g)
+            x = sample_views(prior, cond_rgb, pairs["rel_camera"], int(d.sample_steps), float(d.sample_guidance), g,
+                             num_views=self.num_views)
         finally:
             model.train(was)
         rows = torch.cat([cond_rgb, from_unit_range(pairs["target"]), x], dim=-1)  # [B, 3, S, 3S]

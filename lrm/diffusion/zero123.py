@@ -207,6 +207,8 @@ class Zero123Prior:
     gradients reach the rendered image; ``condition`` runs without gradients.
     """
 
+    joint_views = False  # each view is denoised on its own (lrm/diffusion/prior.py, jointly denoised views)
+
     def __init__(self, unet, vae, image_encoder, projection, scheduler_config: dict, *, clip_mean=CLIP_MEAN,
                  clip_std=CLIP_STD, uncond: str = "zero_context", source: Optional[str] = None):
         if uncond not in UNCOND_MODES:
@@ -288,9 +290,13 @@ class Zero123Prior:
             emb, lat = emb.to(self.device, self.dtype), lat.to(self.device, self.dtype)
         return self.projection(torch.cat([emb, cam[:, None, :]], dim=-1)), lat
 
-    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor,
+                      num_views: int = 1) -> Tensor:
         """ε̂ [N, 4, h, w] (float32) for scaled latents ``x_t`` at integer timesteps ``t`` [N] (or a scalar), target
-        cameras ``rel_camera`` [N, 4] relative to the input view (``relative_camera``); ``cond=None``: unconditional."""
+        cameras ``rel_camera`` [N, 4] relative to the input view (``relative_camera``); ``cond=None``: unconditional.
+        Zero-1-to-3 denoises each view on its own: ``num_views`` must be 1 (``joint_views`` is False)."""
+        if int(num_views) != 1:
+            raise ValueError("Zero-1-to-3 denoises views independently: num_views must be 1")
         n, h = x_t.shape[0], self.resolution // self.vae_scale
         if tuple(x_t.shape[1:]) != (self.latent_channels, h, h):
             raise ValueError(f"x_t must be latents [N, {self.latent_channels}, {h}, {h}], got {tuple(x_t.shape)}")

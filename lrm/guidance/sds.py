@@ -13,6 +13,10 @@ is exactly ``g_i / N`` (the batch mean of the per-view SDS gradients; N = number
 Jacobian never enters and the gradient reaches the scene parameters only through ``∂x0/∂θ``. The loss *value*
 is ``0.5 Σ ||g||² / N`` (a magnitude diagnostic, not something that decreases).
 
+Multi-view SDS: with a prior that denoises views jointly (``prior.joint_views``, cross-view attention; e.g. one
+trained with ``--config zero123-mv-tiny``) the N renders of one call are treated as N views of the object,
+denoised together (``predict_noise(..., num_views=N)``) at one shared timestep, as that prior was trained.
+
 A non-finite ``g`` (a render or prior gone bad) skips the term for that call: it returns a constant zero (no
 gradient), increments ``skipped``, and ``info["skipped"]`` says so.
 """
@@ -24,7 +28,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..diffusion.prior import cfg_combine, relative_camera, snr_weight
+from ..diffusion.prior import cfg_combine, is_joint, predict_noise_views, relative_camera, snr_weight
 from .base import Guidance, Reference, register_guidance
 
 
@@ -65,13 +69,15 @@ def sample_timesteps(n: int, lo: float, hi: float, num_train_timesteps: int, dev
     return torch.randint(t0, t1 + 1, (n,), generator=generator, device="cpu").to(device)
 
 
-def predict_cfg(prior, x_t: Tensor, t: Tensor, cond, rel: Tensor, scale: float) -> Tuple[Tensor, int]:
+def predict_cfg(prior, x_t: Tensor, t: Tensor, cond, rel: Tensor, scale: float,
+                num_views: int = 1) -> Tuple[Tensor, int]:
     """Guided ε̂ and the number of prior calls made. δ = 1 needs only the conditional branch. The protocol takes one
-    ``cond`` per call (None = unconditional), so δ ≠ 1 makes two calls."""
+    ``cond`` per call (None = unconditional), so δ ≠ 1 makes two calls. ``num_views`` > 1: views denoised together
+    (a joint prior)."""
     if scale == 1.0:
-        return prior.predict_noise(x_t, t, cond, rel), 1
-    eps_u = prior.predict_noise(x_t, t, None, rel)
-    eps_c = prior.predict_noise(x_t, t, cond, rel)
+        return predict_noise_views(prior, x_t, t, cond, rel, num_views), 1
+    eps_u = predict_noise_views(prior, x_t, t, None, rel, num_views)
+    eps_c = predict_noise_views(prior, x_t, t, cond, rel, num_views)
     return cfg_combine(eps_u, eps_c, scale), 2
 
 
@@ -92,13 +98,16 @@ class SDSGuidance(Guidance):
 
     def losses(self, rgb: Tensor, c2w: Tensor, ref: Reference, step: int = 0, t: Optional[Tensor] = None,
                noise: Optional[Tensor] = None) -> Dict[str, Tensor]:
-        """``t`` [N] and ``noise`` (shaped like x0) may be given (tests); otherwise drawn."""
+        """``t`` [N] and ``noise`` (shaped like x0) may be given (tests); otherwise drawn (one shared t for a joint
+        prior, which denoises the N views together)."""
         cfg, prior = self.cfg, self.prior
         n = rgb.shape[0]
+        views = n if is_joint(prior) else 1
         x0 = prior.encode(rgb)
         lo, hi = t_range(cfg, step)
         if t is None:
-            t = sample_timesteps(n, lo, hi, prior.num_train_timesteps, x0.device, self.generator)
+            t = sample_timesteps(n // views, lo, hi, prior.num_train_timesteps, x0.device, self.generator)
+            t = t.repeat_interleave(views)
         t = t.to(x0.device).long()
         if noise is None:
             noise = torch.randn(x0.shape, generator=self.generator, dtype=x0.dtype, device="cpu").to(x0.device)
@@ -108,7 +117,7 @@ class SDSGuidance(Guidance):
         with torch.no_grad():
             a = abar[t].view(n, *([1] * (x0.dim() - 1)))
             x_t = a.sqrt() * x0.detach() + (1 - a).sqrt() * noise
-            eps_hat, calls = predict_cfg(prior, x_t, t, cond, rel, cfg.guidance_scale)
+            eps_hat, calls = predict_cfg(prior, x_t, t, cond, rel, cfg.guidance_scale, views)
             w = snr_weight(abar, t, cfg.weighting).view_as(a)
             grad = w * (eps_hat - noise)
             if cfg.grad_clip is not None:
