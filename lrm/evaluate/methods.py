@@ -590,9 +590,10 @@ class MultiViewLRM(GTMultiViewLRM):
     FoV), and the same sparse-view model reconstructs from the input and them. So ``mv+lrm`` minus ``gt-mv+lrm``
     is the error of the generated views. Parameters: ``gt-mv+lrm``'s (``gt_views`` unused) plus ``prior`` (a prior
     folder; default checkpoints/zero123-tiny), ``steps`` (DDIM), ``guidance`` (CFG scale), ``seed`` (the noise; the
-    same for every object). ``info``: ``t_frontend`` (sampling seconds), ``t_model``, the mesh timings."""
+    same for every object), ``joint`` (None: as the prior denoises, jointly or not; false: views independently).
+    ``info``: ``t_frontend`` (sampling seconds), ``t_model``, the mesh timings."""
 
-    defaults = {**GTMultiViewLRM.defaults, "prior": None, "steps": 50, "guidance": 3.0, "seed": 0}
+    defaults = {**GTMultiViewLRM.defaults, "prior": None, "steps": 50, "guidance": 3.0, "seed": 0, "joint": None}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -622,7 +623,7 @@ class MultiViewLRM(GTMultiViewLRM):
         p = self.params
         fov = float(np.degrees(2 * np.arctan(0.5 / float(obj.input_intrinsics[1]))))
         return generate_views(self.prior, image, self.poses[:n], int(p["steps"]), float(p["guidance"]), int(p["seed"]),
-                              distance=float(np.linalg.norm(obj.input_c2w[:3, 3])), fov_deg=fov)
+                              distance=float(np.linalg.norm(obj.input_c2w[:3, 3])), fov_deg=fov, joint=p["joint"])
 
     def predict(self, obj, ctx):
         c2w_x, intr_x = self.extra_cameras(obj)
