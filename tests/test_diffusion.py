@@ -376,3 +376,71 @@ def test_train_py_runs_the_zero123_task_and_resumes_exactly(tmp_path):
                  "--resume", str(a / "checkpoints" / "step_2")]) == 0
     wa, wb = load_weights(a / "model"), load_weights(b / "model")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------------ v-prediction
+def test_v_prediction_target_and_noise_are_inverse():
+    """v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0, and reading the exact v back as ε recovers ε from x_t alone."""
+    from lrm.diffusion.model import noise_from_output, train_scheduler, training_target
+
+    ac = train_scheduler(ViewUNetConfig()).alphas_cumprod.float()
+    t = torch.tensor([0, 10, 500, 900, 999])
+    x0, eps = torch.rand(5, 3, 8, 8) * 2 - 1, torch.randn(5, 3, 8, 8)
+    a = ac[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    v = training_target(x0, eps, ac[t], "v_prediction")
+    assert torch.allclose(v, a.sqrt() * eps - (1 - a).sqrt() * x0)
+    assert torch.allclose(noise_from_output(v, x_t, ac[t], "v_prediction"), eps, atol=1e-5)
+    assert training_target(x0, eps, ac[t], "epsilon") is eps
+
+
+class _VelocityOracle(torch.nn.Module):
+    """Stands in for the UNet of a v-prediction model: outputs the exact v of a known x0 and ε."""
+
+    def __init__(self, x0, eps, ac):
+        super().__init__()
+        self.x0, self.eps, self.ac = x0, eps, ac
+
+    def forward(self, x_t, t, *args, **kw):
+        a = self.ac[t].view(-1, 1, 1, 1)
+        return a.sqrt() * self.eps - (1 - a).sqrt() * self.x0
+
+
+def test_pixel_prior_reads_a_v_prediction_model_as_noise():
+    from lrm.diffusion.model import train_scheduler
+
+    model = tiny_model(prediction_type="v_prediction")
+    prior = PixelPrior(model)
+    ac = prior.alphas_cumprod
+    x0, eps = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16)
+    t = torch.tensor([300])
+    a = ac[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    oracle = _VelocityOracle(x0, eps, ac)
+    prior.model = type("M", (), {"cfg": model.cfg, "__call__": lambda self, *a, **k: oracle(*a, **k)})()
+    cond = Condition(image=None, extras={"cond_image": torch.zeros(1, 3, 16, 16), "embedding": torch.zeros(1, 16)})
+    assert torch.allclose(prior.predict_noise(x_t, t, cond, torch.zeros(1, 4)), eps, atol=1e-5)
+    assert torch.allclose(train_scheduler(model.cfg).alphas_cumprod.float(), ac)
+
+
+def test_task_trains_a_v_prediction_model_on_its_target():
+    """One step's loss is the MSE to v (not to ε): checked against the formula with the task's own noise draw."""
+    from lrm.diffusion.task import DiffusionTask
+
+    cfg = task_cfg(**{"model.prediction_type": "v_prediction"})
+    task = DiffusionTask(cfg)
+    model = task.build_model()
+    batch = task.build_source("train", 0, 1).get(0)
+    g = torch.Generator().manual_seed(3)
+    loss = task.step_losses(model, batch, g)["mse"]
+    g = torch.Generator().manual_seed(3)  # the same draws, replayed
+    x0 = batch["target"]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
+    drop = torch.rand(x0.shape[0], generator=g) < float(cfg.model.cond_dropout)
+    a = task.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+    with torch.no_grad():
+        out = model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, batch["cond_image"], batch["rel_camera"], drop=drop)
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    assert abs(float(loss) - float(((out - v) ** 2).mean())) < 1e-5
+    assert abs(float(loss) - float(((out - noise) ** 2).mean())) > 1e-3

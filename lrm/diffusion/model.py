@@ -56,6 +56,29 @@ class ViewUNetConfig:
     joint_views: bool = False  # self-attention across the V views of one object (forward(..., num_views=V))
 
 
+#: What the network outputs: the noise ε, or the velocity v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (Salimans & Ho 2022).
+#: Both are trained on their own target and read as ε everywhere else (:meth:`ViewConditionedUNet.to_noise`).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def training_target(x0: Tensor, noise: Tensor, alphas_cumprod_t: Tensor, prediction_type: str) -> Tensor:
+    """What the network is trained to output for x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε: ε, or v (``alphas_cumprod_t``
+    [B], ᾱ at each row's timestep)."""
+    if prediction_type == "epsilon":
+        return noise
+    a = alphas_cumprod_t.to(x0).view(-1, 1, 1, 1)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def noise_from_output(out: Tensor, x_t: Tensor, alphas_cumprod_t: Tensor, prediction_type: str) -> Tensor:
+    """The network's output read as ε: v -> ε = sqrt(1 − ᾱ) x_t + sqrt(ᾱ) v (exact inverse of
+    :func:`training_target` given x_t)."""
+    if prediction_type == "epsilon":
+        return out
+    a = alphas_cumprod_t.to(out).view(-1, 1, 1, 1)
+    return (1 - a).sqrt() * x_t + a.sqrt() * out
+
+
 #: Allowed ranges of the size-like keys (inclusive), checked before a model is built.
 MODEL_LIMITS = {"resolution": (8, 1024), "layers_per_block": (1, 8), "attention_head_dim": (1, 1024),
                 "norm_num_groups": (1, 1024), "image_embed_dim": (1, 8192), "num_train_timesteps": (2, 100000)}
@@ -80,8 +103,8 @@ def check_config(cfg: ViewUNetConfig) -> ViewUNetConfig:
                           f"({len(chans)} UNet levels)")
     if not 0.0 <= float(cfg.cond_dropout) < 1.0:
         raise ConfigError(f"model.cond_dropout must be in [0, 1), got {cfg.cond_dropout}")
-    if cfg.prediction_type != "epsilon":
-        raise ConfigError(f"model.prediction_type must be epsilon, got {cfg.prediction_type!r}")
+    if cfg.prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"model.prediction_type must be {' | '.join(PREDICTION_TYPES)}, got {cfg.prediction_type!r}")
     if cfg.beta_schedule not in ("squaredcos_cap_v2", "scaled_linear", "linear"):
         raise ConfigError(f"model.beta_schedule must be squaredcos_cap_v2 | scaled_linear | linear, "
                           f"got {cfg.beta_schedule!r}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import ViewConditionedUNet, ViewUNetConfig, model_config, train_scheduler
+from .model import ViewConditionedUNet, ViewUNetConfig, model_config, noise_from_output, train_scheduler
 from .prior import Condition
 
 #: Where ``python -m lrm.diffusion.sample`` looks by default (the trained tiny prior, once trained).
@@ -75,12 +75,14 @@ class PixelPrior:
         if cond is None:
             d = self.model.cfg.image_embed_dim
             drop = torch.ones(n, dtype=torch.bool, device=self.device)
-            return self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
-                              image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
-                              num_views=num_views)
-        img, emb = cond.extras["cond_image"], cond.extras["embedding"]
-        return self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1),
-                          num_views=num_views)
+            out = self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
+                             image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
+                             num_views=num_views)
+        else:
+            img, emb = cond.extras["cond_image"], cond.extras["embedding"]
+            out = self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1),
+                             num_views=num_views)
+        return noise_from_output(out, x_t, self.alphas_cumprod[t], self.model.cfg.prediction_type)
 
 
 def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:

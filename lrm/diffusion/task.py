@@ -29,7 +29,8 @@ from ..training.data import resolve_source
 from ..config import ConfigError
 from ..training.defaults import DataConfig, RunnerTrainConfig
 from ..training.task import Task
-from .model import ViewConditionedUNet, ViewUNetConfig, model_config, train_scheduler
+from .model import (ViewConditionedUNet, ViewUNetConfig, model_config, noise_from_output, train_scheduler,
+                    training_target)
 from .pixel_prior import to_unit_range
 from .prior import relative_camera
 
@@ -224,9 +225,10 @@ class DiffusionTask(Task):
         t = torch.randint(0, self.model_cfg.num_train_timesteps, (b // v,), generator=generator, device=gdev)
         drop = torch.rand(b // v, generator=generator, device=gdev) < float(self.model_cfg.cond_dropout)
         t, drop = t.repeat_interleave(v).to(device), drop.repeat_interleave(v).to(device)
-        eps = module(self.noisy(x0, noise, t), t, batch["cond_image"].to(device), batch["rel_camera"].to(device),
+        out = module(self.noisy(x0, noise, t), t, batch["cond_image"].to(device), batch["rel_camera"].to(device),
                      drop=drop, num_views=v)
-        mse = F.mse_loss(eps.float(), noise)
+        target = training_target(x0, noise, self.scheduler.alphas_cumprod.to(device)[t], self.model_cfg.prediction_type)
+        mse = F.mse_loss(out.float(), target)
         return {"total": mse, "mse": mse.detach()}
 
     # ---- validation
@@ -265,9 +267,13 @@ class DiffusionTask(Task):
             x_t = self.noisy(batch["target"], batch["noise"], batch["t"])
             n = x_t.shape[0]
             kw = {"num_views": self.num_views}
-            eps_c = model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"], **kw)
-            eps_u = model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"],
-                          drop=torch.ones(n, dtype=torch.bool, device=x_t.device), **kw)
+            a_t = self.scheduler.alphas_cumprod.to(x_t.device)[batch["t"]]
+            kind = self.model_cfg.prediction_type  # the metrics are ε errors whatever the network outputs
+            eps_c = noise_from_output(model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"], **kw), x_t, a_t,
+                                      kind)
+            eps_u = noise_from_output(model(x_t, batch["t"], batch["cond_image"], batch["rel_camera"],
+                                            drop=torch.ones(n, dtype=torch.bool, device=x_t.device), **kw), x_t, a_t,
+                                      kind)
         finally:
             model.train(was)
         err_c = (eps_c - batch["noise"]).pow(2).flatten(1).mean(1)
