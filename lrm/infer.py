@@ -60,8 +60,8 @@ def parse_args(argv=None):
                    help="replace OUT/<name> even if it is not a folder infer.py wrote")
     p.add_argument("--refine", default=None, choices=["sds", "ref", "scratch"],
                    help="refine the triplane after reconstruction (sds: + diffusion prior; ref: input view only)")
-    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch and --frontend mv "
-                   "(default: checkpoints/zero123-tiny)")
+    p.add_argument("--prior", default=None, help="diffusion prior folder for --refine sds|scratch (default: "
+                   "checkpoints/zero123-tiny) and --frontend mv (default: checkpoints/zero123-mv-tiny)")
     p.add_argument("--refine-steps", type=int, default=None, help="refinement steps (default: RefineConfig.steps)")
     p.add_argument("--frontend", default=None, choices=["mv"],
                    help="mv: generate views with the diffusion prior (--prior), reconstruct with a multi-view model")
@@ -371,7 +371,7 @@ def main_frontend(args, opts, out_root: Path) -> int:
     """infer.py IMAGE --frontend mv: every check (options, image, output folder, prior folder, multi-view checkpoint
     from its config) before any model is loaded; one error line and exit 2 on bad input."""
     from lrm.checkpoint import CheckpointError
-    from lrm.diffusion.pixel_prior import DEFAULT_PRIOR, folder_joint_views
+    from lrm.diffusion.pixel_prior import DEFAULT_MV_PRIOR, folder_joint_views
     from lrm.frontend import DEFAULT_MV_CHECKPOINT, check_multiview_checkpoint
     from lrm.outdir import check_target, sweep_stale
     from lrm.pipeline import check_options
@@ -390,7 +390,7 @@ def main_frontend(args, opts, out_root: Path) -> int:
         if args.mask is not None:
             load_image(args.mask)
         check_target(out_root / output_name(args.images[0]), args.overwrite)
-        prior_dir = Path(args.prior) if args.prior else DEFAULT_PRIOR
+        prior_dir = Path(args.prior) if args.prior else DEFAULT_MV_PRIOR
         if not prior_dir.exists():
             raise CheckpointError(f"diffusion prior not found: {prior_dir} (train one: docs/diffusion.md; or pass "
                                   "--prior DIR)")

@@ -22,6 +22,8 @@ from .prior import Condition
 
 #: Where ``python -m lrm.diffusion.sample`` looks by default (the trained tiny prior, once trained).
 DEFAULT_PRIOR = Path(__file__).resolve().parents[2] / "checkpoints" / "zero123-tiny"
+#: the multi-view front end's default: the same prior with jointly denoised views (model.joint_views)
+DEFAULT_MV_PRIOR = Path(__file__).resolve().parents[2] / "checkpoints" / "zero123-mv-tiny"
 
 
 def to_unit_range(rgb: Tensor, resolution: int) -> Tensor:

@@ -589,7 +589,7 @@ class MultiViewLRM(GTMultiViewLRM):
     which generates the views at ``extra_views`` (the poses of ``gt-mv+lrm``, at the input camera's distance and
     FoV), and the same sparse-view model reconstructs from the input and them. So ``mv+lrm`` minus ``gt-mv+lrm``
     is the error of the generated views. Parameters: ``gt-mv+lrm``'s (``gt_views`` unused) plus ``prior`` (a prior
-    folder; default checkpoints/zero123-tiny), ``steps`` (DDIM), ``guidance`` (CFG scale), ``seed`` (the noise; the
+    folder; default checkpoints/zero123-mv-tiny, views denoised jointly), ``steps`` (DDIM), ``guidance`` (CFG scale), ``seed`` (the noise; the
     same for every object), ``joint`` (None: as the prior denoises, jointly or not; false: views independently).
     ``info``: ``t_frontend`` (sampling seconds), ``t_model``, the mesh timings."""
 
@@ -599,7 +599,7 @@ class MultiViewLRM(GTMultiViewLRM):
         super().setup(ctx)
         from ..checkpoint import CheckpointError
         from ..diffusion import load_prior
-        from ..diffusion.pixel_prior import DEFAULT_PRIOR
+        from ..diffusion.pixel_prior import DEFAULT_MV_PRIOR
         from ..frontend import check_poses
         from ..preprocess import InputError
 
@@ -607,7 +607,7 @@ class MultiViewLRM(GTMultiViewLRM):
             check_poses(self.poses[: int(self.params["num_views"]) - 1] or [(90.0, 0.0)])
         except InputError as e:
             raise MethodError(f"{self.name}: extra_views: {e}") from None
-        path = Path(self.params["prior"]) if self.params["prior"] else DEFAULT_PRIOR
+        path = Path(self.params["prior"]) if self.params["prior"] else DEFAULT_MV_PRIOR
         if not path.exists():
             raise MethodError(f"{self.name}: diffusion prior not found: {path} (set prior=DIR)")
         try:
@@ -648,7 +648,7 @@ class RefinedLRM(LRMMethod):
     adds SDS from the view prior on random orbit views; ``sds`` runs the same loop from a small-noise triplane (the
     pure optimisation baseline, Zero-1-to-3 SDS / Magic123 style). The input is the eval object's input view as
     rendered (``lrm``'s ``preprocess=none``), its mask the view's alpha. Parameters: ``lrm``'s, plus ``prior``
-    (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-tiny),
+    (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-mv-tiny, views denoised jointly),
     ``steps``, ``guidance`` (CFG scale), ``t_max`` (upper end of the t range at the start, annealed to
     ``t_max_end`` over the run), ``w_sds``, ``lr``; seconds include the feed-forward pass."""
 
