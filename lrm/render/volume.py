@@ -246,10 +246,11 @@ class VolumeRenderer:
             if faint_below > 0:  # nearly transparent rays: importance samples interpolated, not queried
                 tau0 = (torch.nan_to_num(d0) * self._deltas(t, t_near, t_far)).sum(-1)
                 faint = (1.0 - torch.exp(-tau0)) < faint_below
-                fine_occ = fine_occ & ~faint[..., None]
-                di, ci = interpolate_samples(t, d0, c0, t_fine)
-                d1 = torch.where(faint[..., None], di, d1)
-                c1 = torch.where(faint[..., None, None], ci, c1)
+                if bool(faint.any()):
+                    fine_occ = fine_occ & ~faint[..., None]
+                    di, ci = interpolate_samples(t, d0, c0, t_fine)
+                    d1 = torch.where(faint[..., None], di, d1)
+                    c1 = torch.where(faint[..., None, None], ci, c1)
             t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
             # still to query: importance samples, and coarse ones the coarse pass stopped before
             todo = torch.cat([occupied & ~q0, fine_occ], -1).gather(-1, order)
