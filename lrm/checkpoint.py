@@ -30,7 +30,30 @@ log = logging.getLogger(__name__)
 NOOP_MODULES = {
     "view_embed.": ("the per-view camera embedding (model.transformer.multiview)",
                     ("view_embed.net.2.weight", "view_embed.net.2.bias")),
+    "pixel_plane.": ("the pixel plane (model.pixel_plane); the decoder reads it through a zero map",
+                     ("decoder.pixel_in.weight",)),
+    "decoder.pixel_in.": ("the decoder's pixel-plane input (model.pixel_plane)", ("decoder.pixel_in.weight",)),
 }
+
+#: Weights that ``--init-from`` may take from a checkpoint with a smaller upsampler kernel (``model.upsampler.kernel``
+#: k -> m·k): each kernel tap is repeated m x m times, so the new planes are the old ones nearest-upsampled m times.
+WIDENED_KERNELS = ("upsampler.deconv.weight",)
+
+
+def widen_kernels(state: dict, own: dict) -> List[str]:
+    """In place: the :data:`WIDENED_KERNELS` of ``state`` whose last two sizes divide the model's are repeated to
+    its size (nearest upsampling of the transposed conv's output). Returns the keys widened."""
+    done = []
+    for k in WIDENED_KERNELS:
+        if k not in state or k not in own or state[k].shape == own[k].shape:
+            continue
+        a, b = tuple(state[k].shape), tuple(own[k].shape)
+        if a[:2] != b[:2] or b[2] % a[2] or b[3] % a[3] or b[2] // a[2] != b[3] // a[3]:
+            continue
+        m = b[2] // a[2]
+        state[k] = state[k].repeat_interleave(m, 2).repeat_interleave(m, 3)
+        done.append(k)
+    return done
 
 #: The checkpoint shipped in the repository.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -190,6 +213,10 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
     one-view model's bit for bit). Anything else missing, unexpected or mis-shaped raises :class:`CheckpointError`.
     Returns the prefixes left fresh (logged)."""
     own = model.state_dict()
+    state = dict(state)
+    for k in widen_kernels(state, own):
+        log.info("init from %s: %s widened to %s (the planes start as the checkpoint's, nearest-upsampled)",
+                 source, k, tuple(own[k].shape))
     missing = sorted(set(own) - set(state))
     fresh = []
     for prefix, (what, zero_keys) in NOOP_MODULES.items():

@@ -95,6 +95,16 @@ class DecoderConfig:
 
 
 @dataclass
+class PixelPlaneConfig:
+    """Pixel-aligned features as a fourth plane of the scene (lrm/models/pixel_plane.py)."""
+
+    enabled: bool = False
+    hidden: int = 32  # channels of the conv over the input image
+    distance: float = CANONICAL_DISTANCE  # the canonical input camera the plane lives on
+    fov_deg: float = CANONICAL_FOV_DEG
+
+
+@dataclass
 class RenderConfig:
     """Volume renderer (lrm/render/volume.py)."""
 
@@ -127,6 +137,7 @@ class ModelConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    pixel_plane: PixelPlaneConfig = field(default_factory=PixelPlaneConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
 
 

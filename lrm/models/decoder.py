@@ -6,6 +6,11 @@ plane 0 at (x, y), plane 1 at (x, z), plane 2 at (y, z). The first coordinate in
 cell centres at (2i+1)/W - 1) and zero padding outside. The three C-channel features are aggregated by
 ``concat`` (3C channels, default), ``sum`` or ``mean`` (C channels).
 
+Pixel plane (``model.pixel_plane``, lrm/models/pixel_plane.py): the scene is [B, 4, C, H, W]; plane 3 is sampled
+at the point's projection into the canonical input camera and, with the point's depth offset along that camera,
+enters the first layer through its own linear map (``pixel_in``, zero-initialised: a model warm-started from a
+three-plane checkpoint begins as that checkpoint).
+
 MLP: Linear -> act, (hidden_layers - 1) x [Linear -> act], Linear -> 4. Channel 0 is raw density, made
 non-negative by ``density_activation`` applied to ``raw + density_bias`` (exp, trunc_exp: exp with its
 gradient clamped, softplus, relu); channels 1..3 go through a sigmoid to RGB in [0, 1].
@@ -68,10 +73,28 @@ def sample_triplane(triplanes: torch.Tensor, points: torch.Tensor, radius: float
 _ACTS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
+def sample_pixel_plane(plane: torch.Tensor, points: torch.Tensor, radius: float, distance: float,
+                       fov_deg: float) -> torch.Tensor:
+    """Features of the pixel plane [B, C, H, W] at the canonical-camera projections of world ``points`` [B, N, 3],
+    with the depth offset appended -> [B, N, C + 1] (zeros off the image and behind the camera)."""
+    from .pixel_plane import project_canonical
+
+    proj = project_canonical(points, radius, distance, fov_deg)
+    feats = F.grid_sample(plane, proj[:, None, :, :2].to(plane.dtype), mode="bilinear", padding_mode="zeros",
+                          align_corners=False)[:, :, 0]  # [B, C, N]
+    return torch.cat([feats.transpose(1, 2), proj[..., 2:].to(feats.dtype)], -1)
+
+
 class TriplaneDecoder(nn.Module):
-    def __init__(self, cfg, channels: int, radius: float):
+    def __init__(self, cfg, channels: int, radius: float, pixel_plane=None):
+        """``pixel_plane``: None, or the ``model.pixel_plane`` section (enabled, distance, fov_deg)."""
         super().__init__()
         self.cfg, self.radius = cfg, radius
+        self.pixel = pixel_plane if pixel_plane is not None and pixel_plane.enabled else None
+        self.pixel_in = None
+        if self.pixel is not None:
+            self.pixel_in = nn.Linear(channels + 1, cfg.hidden if cfg.hidden_layers > 0 else 4, bias=False)
+            nn.init.zeros_(self.pixel_in.weight)
         in_dim = channels * 3 if cfg.aggregation == "concat" else channels
         layers, d = [], in_dim
         for _ in range(cfg.hidden_layers):
@@ -82,8 +105,18 @@ class TriplaneDecoder(nn.Module):
 
     def forward(self, triplanes: torch.Tensor, points: torch.Tensor):
         """-> dict(density [B, N] >= 0, rgb [B, N, 3] in [0, 1], raw [B, N, 4])."""
-        feats = sample_triplane(triplanes, points, self.radius, self.cfg.aggregation)
-        raw = self.layers(feats)
+        planes = 3 if self.pixel is None else 4
+        if triplanes.shape[1] != planes:
+            raise ValueError(f"this decoder reads {planes} planes, got a scene of {triplanes.shape[1]} "
+                             f"{tuple(triplanes.shape)} (model.pixel_plane.enabled={self.pixel is not None})")
+        feats = sample_triplane(triplanes[:, :3], points, self.radius, self.cfg.aggregation)
+        if self.pixel is None:
+            raw = self.layers(feats)
+        else:
+            pix = sample_pixel_plane(triplanes[:, 3], points, self.radius, float(self.pixel.distance),
+                                     float(self.pixel.fov_deg))
+            h = self.layers[0](feats) + self.pixel_in(pix.to(self.pixel_in.weight.dtype))
+            raw = self.layers[1:](h)
         return {
             "density": density_activation(raw[..., 0], self.cfg.density_activation, self.cfg.density_bias),
             "rgb": torch.sigmoid(raw[..., 1:4]),

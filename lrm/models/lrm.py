@@ -2,7 +2,8 @@
 
 Data flow (one file per stage, in this order):
 encoder.py (ViT tokens) -> camera_embed.py (adaLN conditioning) -> transformer.py (triplane tokens attend to
-image tokens) -> upsampler.py (tokens -> 3 x C x H x W planes) -> decoder.py (plane features at points ->
+image tokens) -> upsampler.py (tokens -> 3 x C x H x W planes) -> pixel_plane.py (optional fourth plane: the input image's
+features on the canonical camera's image plane) -> decoder.py (plane features at points ->
 density, RGB) -> lrm/render/volume.py (rays -> pixels).
 
 The view axis: ``forward`` takes V input views of each object, [B, V, 3, H, W] with their cameras [B, V, 16] in
@@ -26,6 +27,7 @@ from .camera_embed import CameraEmbedder, ViewEmbedder
 from .decoder import TriplaneDecoder
 from .encoder import ImageEncoder, load_pretrained
 from .lift import ImageLift
+from .pixel_plane import PixelPlane
 from .transformer import TriplaneTransformer
 from .upsampler import TriplaneUpsampler
 
@@ -46,7 +48,11 @@ class LRM(nn.Module):
         self.view_embed = ViewEmbedder(t.camera_embed_dim, self.encoder.out_dim) if t.multiview else None
         self.transformer = TriplaneTransformer(t, context_dim=self.encoder.out_dim)
         self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel)
-        self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius)
+        pp = cfg.pixel_plane
+        self.pixel_plane = (PixelPlane(self.encoder.out_dim, cfg.upsampler.channels, pp.hidden,
+                                       int(cfg.encoder.cls_token) + cfg.encoder.num_register_tokens, pp.distance,
+                                       pp.fov_deg) if pp.enabled else None)
+        self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius, pp)
         self.renderer = VolumeRenderer(cfg.render)
         if load_pretrained_encoder and not _is_meta(self):
             if cfg.encoder.pretrained_path:
@@ -59,7 +65,8 @@ class LRM(nn.Module):
     # ------------------------------------------------------------------ images -> triplane
     def forward(self, images: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
         """images [B, V, 3, H, W] in [0, 1]; cameras [B, V, 16] (``lrm.cameras.camera_vector`` of each view's camera
-        in the canonical frame of view 0; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W'].
+        in the canonical frame of view 0; ignored by fixed-camera models) -> triplanes [B, 3, C, H', W']
+        ([B, 4, C, H', W'] with ``model.pixel_plane``: the fourth is the pixel plane).
         One view may also come as images [B, 3, H, W] and cameras [B, 16]."""
         images, cameras = self._with_view_axis(images, cameras)
         b, v = images.shape[:2]
@@ -67,7 +74,11 @@ class LRM(nn.Module):
         cond = self.camera_embed(cameras[:, 0]) if self.camera_embed is not None else None
         offset = self.lift(tokens, cameras) if self.lift is not None else None
         x = self.transformer(self.context(tokens, cameras), cond, offset)
-        return self.upsampler(x, self.cfg.transformer.plane_tokens)
+        planes = self.upsampler(x, self.cfg.transformer.plane_tokens)
+        if self.pixel_plane is None:
+            return planes
+        pix = self.pixel_plane(images[:, 0], tokens[:, 0], cameras[:, 0], planes.shape[-1])
+        return torch.cat([planes, pix.to(planes.dtype).unsqueeze(1)], 1)
 
     def context(self, tokens: torch.Tensor, cameras: Optional[torch.Tensor]) -> torch.Tensor:
         """Image tokens [B, V, T, D] (+ each view's camera embedding) -> the transformer's context [B, V·T, D]."""
@@ -87,7 +98,8 @@ class LRM(nn.Module):
         if v > 1 and self.view_embed is None:
             raise ValueError(f"{v} input views given to a one-view model (model.transformer.multiview=false): "
                              "pass one view, or use a model built with multiview=true")
-        uses_cameras = self.camera_embed is not None or self.lift is not None or self.view_embed is not None
+        uses_cameras = (self.camera_embed is not None or self.lift is not None or self.view_embed is not None
+                        or self.pixel_plane is not None)
         if cameras is None and uses_cameras:
             if v > 1:
                 raise ValueError(f"{v} input views need their cameras [B, V, 16]")
@@ -140,7 +152,7 @@ class LRM(nn.Module):
     def parameter_counts(self) -> Dict[str, int]:
         stages = {"encoder": self.encoder, "camera_embed": self.camera_embed, "view_embed": self.view_embed,
                   "lift": self.lift, "transformer": self.transformer,
-                  "upsampler": self.upsampler, "decoder": self.decoder}
+                  "upsampler": self.upsampler, "pixel_plane": self.pixel_plane, "decoder": self.decoder}
         counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in stages.items()}
         counts["total"] = sum(counts.values())
         return counts

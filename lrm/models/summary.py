@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear line for any bad config
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stages = ["encoder", "camera_embed", "lift", "transformer", "upsampler", "decoder", "total"]
+    stages = ["encoder", "camera_embed", "lift", "transformer", "upsampler", "pixel_plane", "decoder", "total"]
     print(f"| config | {' | '.join(stages)} | triplane |")
     print("|" + "---|" * (len(stages) + 2))
     for name, c, planes in rows:

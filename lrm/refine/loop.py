@@ -127,7 +127,8 @@ def _model_parts(model):
 def expected_triplane_shape(lrm) -> Tuple[int, ...]:
     cfg = lrm.cfg
     side = int(cfg.transformer.plane_tokens) * int(cfg.upsampler.kernel)
-    return (1, 3, int(cfg.upsampler.channels), side, side)
+    planes = 4 if cfg.pixel_plane.enabled else 3  # lrm/models/pixel_plane.py
+    return (1, planes, int(cfg.upsampler.channels), side, side)
 
 
 def check_triplane(triplane: Tensor, lrm, what: str = "triplane") -> Tensor:
