@@ -13,7 +13,8 @@ from lrm.checkpoint import CheckpointError  # noqa: E402
 from lrm.diffusion.model import ViewConditionedUNet, ViewUNetConfig  # noqa: E402
 from lrm.diffusion.pixel_prior import PixelPrior, load_prior  # noqa: E402
 from lrm.diffusion.prior import Condition, ViewPrior, cfg_combine, relative_camera  # noqa: E402
-from lrm.diffusion.sample import guided_noise, sample_views  # noqa: E402
+from lrm.diffusion.prior import guided_noise  # noqa: E402
+from lrm.diffusion.sample import sample_views  # noqa: E402
 
 TINY = dict(resolution=16, block_out_channels=[16, 32], attention=[False, True], layers_per_block=1,
             attention_head_dim=8, norm_num_groups=8, encoder_channels=[16, 32], image_embed_dim=16)
@@ -116,8 +117,9 @@ def test_cfg_scale_one_is_the_conditional_prediction():
         e_c = prior.predict_noise(x, t, cond, cam)
         e_u = prior.predict_noise(x, t, None, cam)
         assert not torch.allclose(e_c, e_u, atol=1e-4)
-        assert torch.equal(guided_noise(prior, x, t, cond, cam, 1.0), e_c)
-        g3 = guided_noise(prior, x, t, cond, cam, 3.0)
+        assert torch.equal(guided_noise(prior, x, t, cond, cam, 1.0)[0], e_c)
+        g3, calls = guided_noise(prior, x, t, cond, cam, 3.0)  # both branches in one batched pass
+    assert calls == 1
     assert torch.allclose(g3, e_u + 3.0 * (e_c - e_u), atol=1e-5)
     assert torch.allclose(cfg_combine(e_u, e_c, 0.0), e_u)
 

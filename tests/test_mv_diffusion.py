@@ -108,6 +108,24 @@ def test_bad_view_counts_are_refused_and_the_count_does_not_leak():
         predict_noise_views(PixelPrior(tiny_model()), x, t, None, cam, num_views=2)
 
 
+def test_batched_guidance_equals_two_calls_for_a_joint_prior():
+    """Both CFG branches in one pass of 2N rows: the V views of each object still attend only to each other."""
+    from lrm.diffusion.prior import guided_noise
+
+    prior = PixelPrior(joint_model(4))
+    cond = prior.condition(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    t, cam = torch.tensor([100, 300, 500, 700] * 2), torch.randn(8, 4)
+    with torch.no_grad():
+        e_u = predict_noise_views(prior, x, t, None, cam, num_views=4)
+        e_c = predict_noise_views(prior, x, t, cond, cam, num_views=4)
+        g, calls = guided_noise(prior, x, t, cond, cam, 3.0, num_views=4)
+    assert calls == 1
+    torch.testing.assert_close(g, e_u + 3.0 * (e_c - e_u), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="independently"):
+        guided_noise(PixelPrior(tiny_model()), x, t, cond, cam, 3.0, num_views=4)
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def test_joint_sampling_is_seeded_and_equivariant_to_the_pose_order():
     prior = PixelPrior(joint_model(4))
@@ -158,20 +176,20 @@ def test_multiview_sds_denoises_the_renders_together():
 
     prior = PixelPrior(joint_model(6))
     calls = []
-    inner = prior.predict_noise
+    inner = prior.predict_noise_pair  # guidance 2: both branches in one batched pass
 
     def spy(x_t, t, cond, rel, num_views=1):
         calls.append((num_views, t.clone()))
         return inner(x_t, t, cond, rel, num_views=num_views)
 
-    prior.predict_noise = spy
+    prior.predict_noise_pair = spy
     g = torch.Generator().manual_seed(0)
     ref = Reference(torch.rand(1, 3, 16, 16, generator=g), C.orbit_camera(0.0, 0.0, 2.0)[None])
     c2w = C.orbit_camera(torch.tensor([60.0, 150.0, 240.0]), torch.tensor([0.0, 15.0, 5.0]), torch.full((3,), 2.0))
     rgb = torch.rand(3, 3, 16, 16, generator=g).requires_grad_(True)
     sds = SDSGuidance(prior, SDSConfig(guidance_scale=2.0), generator=torch.Generator().manual_seed(1))
     sds(rgb, c2w, ref)["sds"]  # drawn timesteps: one per object, shared by its views
-    assert [v for v, _ in calls] == [3, 3] and calls[0][1].unique().numel() == 1
+    assert [v for v, _ in calls] == [3] and calls[0][1].unique().numel() == 1
     calls.clear()
     t = torch.full((3,), 400)
     eps = torch.randn(3, 3, 16, 16, generator=g)

@@ -86,6 +86,21 @@ class PixelPrior:
                              num_views=num_views)
         return noise_from_output(out, x_t, self.alphas_cumprod[t], self.model.cfg.prediction_type)
 
+    def predict_noise_pair(self, x_t: Tensor, t: Tensor, cond: Condition, rel_camera: Tensor,
+                           num_views: int = 1):
+        """(ε̂ unconditional, ε̂ conditional) for ``x_t`` [N, 3, S, S] in one batched pass of 2N rows (classifier-free
+        guidance: the second half drops the condition, as :meth:`predict_noise` with ``cond=None`` does)."""
+        n = x_t.shape[0]
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
+        rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
+        img, emb = cond.extras["cond_image"], cond.extras["embedding"]
+        drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(self.device)
+        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+        out = self.model(x2, t2, img.expand(n, -1, -1, -1).repeat(2, 1, 1, 1), rel_camera.repeat(2, 1), drop=drop,
+                         image_embedding=emb.expand(n, -1).repeat(2, 1), num_views=num_views)
+        eps = noise_from_output(out, x2, self.alphas_cumprod[t2], self.model.cfg.prediction_type)
+        return eps[n:], eps[:n]
+
 
 def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:
     """A :class:`PixelPrior` from an exported ``zero123`` model folder (``model.safetensors`` + ``config.yaml``).

@@ -24,7 +24,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -111,6 +111,25 @@ def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
+def guided_noise(prior, x_t: Tensor, t: Tensor, cond: Optional[Condition], rel_camera: Tensor, scale: float,
+                 num_views: int = 1) -> Tuple[Tensor, int]:
+    """ε̂ with classifier-free guidance and the number of prior forward passes made. ``scale`` = 1: the conditional
+    branch only. Otherwise a prior with ``predict_noise_pair`` (both branches in one batched pass: :class:`PixelPrior`)
+    makes one pass, any other prior a conditional and an unconditional call. ``num_views`` V > 1: the rows are
+    objects of V views denoised together (a joint prior), in both branches."""
+    if scale == 1.0:
+        return predict_noise_views(prior, x_t, t, cond, rel_camera, num_views), 1
+    pair = getattr(prior, "predict_noise_pair", None)
+    if pair is not None and cond is not None:
+        if int(num_views) > 1 and not is_joint(prior):
+            predict_noise_views(prior, x_t, t, cond, rel_camera, num_views)  # raises the same error as unbatched
+        eps_u, eps_c = pair(x_t, t, cond, rel_camera, num_views=int(num_views))
+        return cfg_combine(eps_u, eps_c, scale), 1
+    eps_c = predict_noise_views(prior, x_t, t, cond, rel_camera, num_views)
+    eps_u = predict_noise_views(prior, x_t, t, None, rel_camera, num_views)
+    return cfg_combine(eps_u, eps_c, scale), 2
+
+
 def snr_weight(alphas_cumprod: Tensor, t: Tensor, kind: str = "sds") -> Tensor:
     """w(t) of DreamFusion: ``sds`` = 1 − ᾱ_t; ``uniform`` = 1."""
     if kind == "uniform":
@@ -120,5 +139,5 @@ def snr_weight(alphas_cumprod: Tensor, t: Tensor, kind: str = "sds") -> Tensor:
     raise ValueError(f"unknown SDS weighting {kind!r} (sds | uniform)")
 
 
-__all__ = ["Condition", "ViewPrior", "is_joint", "predict_noise_views", "orbit_parameters", "relative_camera",
+__all__ = ["Condition", "ViewPrior", "is_joint", "predict_noise_views", "guided_noise", "orbit_parameters", "relative_camera",
            "relative_camera_from_angles", "cfg_combine", "snr_weight"]

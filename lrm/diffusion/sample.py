@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .prior import cfg_combine, is_joint, predict_noise_views, relative_camera_from_angles
+from .prior import guided_noise, is_joint, relative_camera_from_angles
 
 
 def ddim_scheduler(prior, steps: int):
@@ -44,16 +44,6 @@ def ddim_scheduler(prior, steps: int):
                         timestep_spacing="trailing", prediction_type="epsilon")
     sch.set_timesteps(int(steps))
     return sch
-
-
-def guided_noise(prior, x_t: Tensor, t: Tensor, cond, rel_camera: Tensor, guidance: float,
-                 num_views: int = 1) -> Tensor:
-    """ε̂ with classifier-free guidance (one conditional, and unless ``guidance == 1`` one unconditional call);
-    ``num_views`` V > 1: the rows are objects of V views denoised together (a joint prior), in both branches."""
-    eps_c = predict_noise_views(prior, x_t, t, cond, rel_camera, num_views)
-    if guidance == 1.0:
-        return eps_c
-    return cfg_combine(predict_noise_views(prior, x_t, t, None, rel_camera, num_views), eps_c, guidance)
 
 
 @torch.no_grad()
@@ -88,7 +78,7 @@ def sample_views(prior, image: Tensor, rel_camera: Tensor, steps: int = 50, guid
 
         timesteps = tqdm(timesteps, desc="DDIM", leave=False)
     for t in timesteps:
-        eps = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance, num_views)
+        eps, _ = guided_noise(prior, x, t.expand(n).to(device), cond, rel_camera, guidance, num_views)
         x = sch.step(eps, t, x).prev_sample
     return prior.decode(x)
 

@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..diffusion.prior import cfg_combine, is_joint, predict_noise_views, relative_camera, snr_weight
+from ..diffusion.prior import guided_noise, is_joint, relative_camera, snr_weight
 from .base import Guidance, Reference, register_guidance
 
 
@@ -71,14 +71,10 @@ def sample_timesteps(n: int, lo: float, hi: float, num_train_timesteps: int, dev
 
 def predict_cfg(prior, x_t: Tensor, t: Tensor, cond, rel: Tensor, scale: float,
                 num_views: int = 1) -> Tuple[Tensor, int]:
-    """Guided ε̂ and the number of prior calls made. δ = 1 needs only the conditional branch. The protocol takes one
-    ``cond`` per call (None = unconditional), so δ ≠ 1 makes two calls. ``num_views`` > 1: views denoised together
-    (a joint prior)."""
-    if scale == 1.0:
-        return predict_noise_views(prior, x_t, t, cond, rel, num_views), 1
-    eps_u = predict_noise_views(prior, x_t, t, None, rel, num_views)
-    eps_c = predict_noise_views(prior, x_t, t, cond, rel, num_views)
-    return cfg_combine(eps_u, eps_c, scale), 2
+    """Guided ε̂ and the number of prior passes made (lrm/diffusion/prior.py ``guided_noise``: δ = 1 needs only the
+    conditional branch; otherwise one batched pass when the prior offers it, else two calls). ``num_views`` > 1:
+    views denoised together (a joint prior)."""
+    return guided_noise(prior, x_t, t, cond, rel, scale, num_views)
 
 
 def sds_loss(x0: Tensor, grad: Tensor) -> Tensor:
