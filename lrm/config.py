@@ -92,6 +92,9 @@ class DecoderConfig:
     activation: str = "silu"  # silu | relu | gelu
     density_activation: str = "trunc_exp"  # exp | trunc_exp | softplus | relu
     density_bias: float = -1.0
+    # bf16: without autograd (rendering, meshing, evaluation) the MLP runs under bf16 autocast; plane sampling and
+    # the outputs stay fp32. Training and refinement (autograd on) always run it in fp32.
+    mlp_precision: str = "fp32"
 
 
 @dataclass

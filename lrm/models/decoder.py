@@ -17,6 +17,8 @@ gradient clamped, softplus, relu); channels 1..3 go through a sigmoid to RGB in 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,6 +92,8 @@ class TriplaneDecoder(nn.Module):
         """``pixel_plane``: None, or the ``model.pixel_plane`` section (enabled, distance, fov_deg)."""
         super().__init__()
         self.cfg, self.radius = cfg, radius
+        if cfg.mlp_precision not in ("fp32", "bf16"):
+            raise ValueError(f"model.decoder.mlp_precision must be fp32 or bf16, got {cfg.mlp_precision!r}")
         self.pixel = pixel_plane if pixel_plane is not None and pixel_plane.enabled else None
         self.pixel_in = None
         if self.pixel is not None:
@@ -110,13 +114,25 @@ class TriplaneDecoder(nn.Module):
             raise ValueError(f"this decoder reads {planes} planes, got a scene of {triplanes.shape[1]} "
                              f"{tuple(triplanes.shape)} (model.pixel_plane.enabled={self.pixel is not None})")
         feats = sample_triplane(triplanes[:, :3], points, self.radius, self.cfg.aggregation)
-        if self.pixel is None:
-            raw = self.layers(feats)
-        else:
+        pix = None
+        if self.pixel is not None:
             pix = sample_pixel_plane(triplanes[:, 3], points, self.radius, float(self.pixel.distance),
-                                     float(self.pixel.fov_deg))
-            h = self.layers[0](feats) + self.pixel_in(pix.to(self.pixel_in.weight.dtype))
-            raw = self.layers[1:](h)
+                                     float(self.pixel.fov_deg)).to(feats.dtype)
+        return self.outputs(self.mlp(feats, pix))
+
+    def mlp(self, feats: torch.Tensor, pix=None) -> torch.Tensor:
+        """The MLP on sampled features (+ pixel-plane features) -> raw [B, N, 4] in fp32; under bf16 autocast when
+        ``mlp_precision`` is bf16 and no gradient is being taken (lrm/precision.py's tolerance, tests/test_precision.py)."""
+        fast = self.cfg.mlp_precision == "bf16" and not torch.is_grad_enabled()
+        # (no context at all otherwise: a disabled autocast would also switch off a caller's, e.g. bf16 training)
+        with torch.autocast(feats.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+            if pix is None:
+                raw = self.layers(feats)
+            else:
+                raw = self.layers[1:](self.layers[0](feats) + self.pixel_in(pix))
+        return raw.float() if fast else raw
+
+    def outputs(self, raw: torch.Tensor):
         return {
             "density": density_activation(raw[..., 0], self.cfg.density_activation, self.cfg.density_bias),
             "rgb": torch.sigmoid(raw[..., 1:4]),
