@@ -41,8 +41,32 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB on Linux
 
 
-def measure_step(name: str, steps: int, threads: int, extra) -> dict:
-    """In this process: median seconds of a full optimiser step (forward, render, losses, backward, AdamW)."""
+def module_timers(model):
+    """Forward wall time per stage (encoder, transformer, upsampler, pixel plane, decoder calls) via hooks:
+    (dict name -> [seconds, calls], remove())."""
+    acc, handles = {}, []
+    for name in ("encoder", "lift", "transformer", "upsampler", "pixel_plane", "decoder"):
+        mod = getattr(model, name, None)
+        if mod is None:
+            continue
+        acc[name] = [0.0, 0]
+
+        def pre(_m, _a, name=name):
+            acc[name].append(time.perf_counter())
+
+        def post(_m, _a, _o, name=name):
+            acc[name][0] += time.perf_counter() - acc[name].pop()
+            acc[name][1] += 1
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    return acc, lambda: [h.remove() for h in handles]
+
+
+def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, profile: bool = False) -> dict:
+    """In this process: median seconds of a full optimiser step (forward, render, losses, backward, AdamW), under
+    bf16 autocast when the config's ``train.mixed_precision`` is bf16 (as the trainer does on CPU)."""
+    import contextlib
+
     import torch
 
     from lrm.models import build_model
@@ -59,23 +83,43 @@ def measure_step(name: str, steps: int, threads: int, extra) -> dict:
     step = TrainStep(model, int(cfg.train.render.checkpoint_rays))
     batch = make_source(cfg, "train", 0, 1).get(0)  # fixed batch: data loading excluded
     rss_before = _rss_gb()
-    times, fwd = [], []
-    for i in range(steps + 1):
+    bf16 = str(cfg.train.mixed_precision) == "bf16"
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def one(i):
         t0 = time.perf_counter()
-        terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
+        with autocast():
+            terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
         t1 = time.perf_counter()
         terms["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t2 = time.perf_counter()
-        if i > 0:  # the first step warms allocators and caches
-            times.append(t2 - t0)
-            fwd.append(t1 - t0)
+        return t1 - t0, time.perf_counter() - t0
+
+    times, fwd = [], []
+    for i in range(steps + warmup):
+        f, t = one(i)
+        if i >= warmup:  # the first steps warm allocators and caches
+            times.append(t)
+            fwd.append(f)
     n_params = sum(p.numel() for p in model.parameters())
-    return {"config": name, "params_m": n_params / 1e6, "s_per_step": statistics.median(times),
-            "forward_s": statistics.median(fwd), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
-            "threads": threads, "steps": steps, "extra": list(extra)}
+    out = {"config": name, "params_m": n_params / 1e6, "s_per_step": statistics.median(times),
+           "forward_s": statistics.median(fwd), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
+           "threads": threads, "steps": steps, "warmup": warmup, "mixed_precision": "bf16" if bf16 else "no",
+           "extra": list(extra)}
+    if profile:  # one more step: forward time per stage (hooks) and the top operators (forward + backward)
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        acc, remove = module_timers(model)
+        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            f, t = one(steps + warmup)
+        remove()
+        out["profile"] = {"step_s": t, "forward_s": f, "stages_forward_s": {k: v[0] for k, v in acc.items()},
+                          "decoder_calls": acc.get("decoder", [0, 0])[1],
+                          "ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)}
+    return out
 
 
 def _free_port():
@@ -121,6 +165,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["tiny", "small"])
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--profile", action="store_true", help="one more step under torch.profiler: stage and operator table")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--proc-steps", type=int, default=12, help="trainer steps per run for 1 vs 2 processes (0: skip)")
     p.add_argument("--proc-threads", type=int, default=0,
@@ -130,25 +176,33 @@ def main():
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = p.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(measure_step(a.one, a.steps, a.threads, a.overrides)))
+        print("RESULT " + json.dumps(measure_step(a.one, a.steps, a.threads, a.overrides, a.warmup, a.profile)))
         return
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at start; torch threads {a.threads}, fp32")
     results = []
     for name in a.configs:
         r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
-                            str(a.threads), *a.overrides], capture_output=True, text=True)
+                            str(a.threads), "--warmup", str(a.warmup), *(["--profile"] if a.profile else []),
+                            *a.overrides], capture_output=True, text=True)
         line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
         if r.returncode or not line:
             print(f"{name}: failed\n{r.stderr[-2000:]}")
             continue
         results.append(json.loads(line[0][7:]))
-    print("\n| config | params | s/step (median) | forward s | peak RSS | reference s/step | reference RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| config | precision | params | s/step (median) | forward s | peak RSS | reference s/step | reference RSS |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ref = REFERENCE.get(r["config"], {})
-        print(f"| {r['config']} | {r['params_m']:.1f} M | {r['s_per_step']:.2f} | {r['forward_s']:.2f} | "
-              f"{r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | {ref.get('peak_rss_gb', '-')} GB |")
+        print(f"| {r['config']} | {r['mixed_precision']} | {r['params_m']:.1f} M | {r['s_per_step']:.2f} | "
+              f"{r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
+              f"{ref.get('peak_rss_gb', '-')} GB |")
+    for r in results:
+        if "profile" in r:
+            pr = r["profile"]
+            stages = ", ".join(f"{k} {v:.2f} s" for k, v in pr["stages_forward_s"].items())
+            print(f"\n{r['config']} profiled step: {pr['step_s']:.2f} s (forward {pr['forward_s']:.2f} s; {stages}; "
+                  f"{pr['decoder_calls']} decoder calls)\n{pr['ops']}")
     procs = []
     if a.proc_steps > 0:
         for n in (1, 2):
