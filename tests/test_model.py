@@ -94,7 +94,8 @@ def test_tiny_forward_backward_shapes_and_finite_grads(tiny):
     cams = C.camera_vector(C.orbit_camera(0.0, 0.0, 2.0), C.intrinsics_from_fov(40.0)).expand(2, -1)
     tri = model(imgs, cams)
     side = m.transformer.plane_tokens * m.upsampler.kernel
-    assert tri.shape == (2, 3, m.upsampler.channels, side, side)
+    planes = 4 if m.pixel_plane.enabled else 3  # the pixel plane (lrm/models/pixel_plane.py)
+    assert tri.shape == (2, planes, m.upsampler.channels, side, side)
     c2w = C.orbit_cameras(2, 20.0)[None].expand(2, -1, -1, -1)
     intr = C.intrinsics_from_fov(40.0).expand(2, 2, 4)
     out = model.render(tri, c2w, intr, resolution=16, randomize=True)
@@ -127,7 +128,8 @@ def test_same_seed_same_output_and_camera_matters(tiny):
 
 
 def test_fixed_camera_model_ignores_camera():
-    cfg = load_config("tiny", ["model.transformer.camera_modulation=false", "model.transformer.lift_image=false"])
+    cfg = load_config("tiny", ["model.transformer.camera_modulation=false", "model.transformer.lift_image=false",
+                               "model.pixel_plane.enabled=false"])
     torch.manual_seed(0)
     m = build_model(cfg)
     assert m.camera_embed is None

@@ -13,7 +13,8 @@ SMALL = ["model.encoder.image_size=32", "model.encoder.patch_size=8", "model.enc
          "model.encoder.depth=1", "model.encoder.heads=2", "model.transformer.token_dim=32",
          "model.transformer.heads=2", "model.transformer.depth=2", "model.transformer.plane_tokens=4",
          "model.transformer.camera_embed_dim=16", "model.transformer.lift_samples=4", "model.upsampler.channels=6",
-         "model.decoder.hidden=16", "model.render.n_samples=8", "model.render.n_importance=0"]
+         "model.decoder.hidden=16", "model.render.n_samples=8", "model.render.n_importance=0",
+         "model.pixel_plane.enabled=false", "model.upsampler.kernel=2"]  # tiny's own switches off: each test sets them
 PIXEL = ["model.pixel_plane.enabled=true"]
 R = 0.87
 

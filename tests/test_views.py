@@ -16,7 +16,7 @@ SMALL = ["model.encoder.image_size=32", "model.encoder.patch_size=8", "model.enc
          "model.encoder.depth=1", "model.encoder.heads=2", "model.transformer.token_dim=32",
          "model.transformer.heads=2", "model.transformer.depth=2", "model.transformer.plane_tokens=4",
          "model.transformer.camera_embed_dim=16", "model.transformer.lift_samples=4", "model.upsampler.channels=4",
-         "model.decoder.hidden=16"]
+         "model.decoder.hidden=16", "model.pixel_plane.enabled=false", "model.upsampler.kernel=2"]
 SMALL_TRIPOSR = ["model.encoder.image_size=32", "model.encoder.dim=48", "model.encoder.depth=1",
                  "model.encoder.heads=2", "model.encoder.pos_grid=2", "model.transformer.token_dim=64",
                  "model.transformer.heads=2", "model.transformer.head_dim=16", "model.transformer.depth=1",
