@@ -140,3 +140,22 @@ def test_init_from_refuses_a_nonzero_pixel_input_left_fresh():
         new.decoder.pixel_in.weight.fill_(0.1)
     with pytest.raises(CheckpointError, match="not"):
         load_init_weights(new, dict(old.state_dict()), "old")
+
+
+def test_refinement_keeps_the_pixel_plane_fixed_unless_asked():
+    from lrm.refine import RefineConfig
+    from lrm.refine.loop import refine
+
+    m = small_model(*PIXEL)
+    with torch.no_grad():
+        m.decoder.pixel_in.weight.normal_(0, 0.5)  # so the losses reach the pixel plane at all
+        img = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        tri = m(img, canonical_vector()[:, None])
+    image = img[0, 0].permute(1, 2, 0).numpy()
+    mask = torch.ones(32, 32)
+    fast = dict(mode="ref", steps=3, lr=0.05, resolutions=(8,), resolution_milestones=(), save_every=0, n_samples=8,
+                n_importance=0)
+    fixed = refine(tri, m, image, None, RefineConfig(**fast), mask=mask, progress=False).triplane
+    assert torch.equal(fixed[:, 3], tri[:, 3]) and not torch.equal(fixed[:, :3], tri[:, :3])
+    moved = refine(tri, m, image, None, RefineConfig(**fast, pixel_plane="optimise"), mask=mask, progress=False).triplane
+    assert not torch.equal(moved[:, 3], tri[:, 3])

@@ -650,11 +650,12 @@ class RefinedLRM(LRMMethod):
     rendered (``lrm``'s ``preprocess=none``), its mask the view's alpha. Parameters: ``lrm``'s, plus ``prior``
     (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-mv-tiny, views denoised jointly),
     ``steps``, ``guidance`` (CFG scale), ``t_max`` (upper end of the t range at the start, annealed to
-    ``t_max_end`` over the run), ``w_sds``, ``lr``; seconds include the feed-forward pass."""
+    ``t_max_end`` over the run), ``w_sds``, ``lr``, ``pixel_plane`` (fixed | optimise: whether a pixel-plane scene's
+    fourth plane is refined too); seconds include the feed-forward pass."""
 
     mode = "sds"
     defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
-                "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1}
+                "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -678,7 +679,7 @@ class RefinedLRM(LRMMethod):
         sds = {"guidance_scale": float(p["guidance"]), "t_range_start": (0.02, float(p["t_max"])),
                "t_range_end": (0.02, min(float(p["t_max"]), float(p["t_max_end"])))}
         return RefineConfig(mode=self.mode, steps=int(p["steps"]), w_sds=float(p["w_sds"]), lr=float(p["lr"]),
-                            n_views=int(p["n_views"]), seed=0, save_every=0, sds=sds)
+                            n_views=int(p["n_views"]), pixel_plane=str(p["pixel_plane"]), seed=0, save_every=0, sds=sds)
 
     def predict(self, obj, ctx):
         from ..refine.loop import RefineError, refine

@@ -66,6 +66,9 @@ class RefineConfig:
     w_entropy: float = 1e-3
     w_sparsity: float = 0.0
     scratch_std: float = 0.1  # scratch mode: triplane ~ N(0, std²)
+    # a scene with a pixel plane (model.pixel_plane): "fixed" keeps that plane (the input image's features) as the LRM
+    # made it and optimises the three 3D planes; "optimise" lets the losses change it too
+    pixel_plane: str = "fixed"
     max_skips: int = 10
     save_every: int = 20  # intermediate renders every k steps (with an output folder; 0: none)
     seed: int = 0
@@ -87,6 +90,8 @@ class RefineConfig:
             raise RefineError(f"refine mask_loss must be mse or bce, got {self.mask_loss!r}")
         if self.n_views < 1:
             raise RefineError(f"refine n_views must be >= 1, got {self.n_views}")
+        if self.pixel_plane not in ("fixed", "optimise"):
+            raise RefineError(f"refine pixel_plane must be fixed or optimise, got {self.pixel_plane!r}")
 
     @property
     def uses_prior(self) -> bool:
@@ -259,6 +264,7 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
     msk = msk.reshape(1, 1, *img.shape[-2:]).to(dev).clamp(0, 1)
 
     tri = torch.nn.Parameter(start.clone().to(dev))
+    freeze_pixel = cfg.pixel_plane == "fixed" and cfg.mode != "scratch" and tri.shape[1] == 4
     decoder = copy.deepcopy(lrm.decoder).to(dev)
     train_decoder = cfg.decoder_lr > 0
     decoder.requires_grad_(train_decoder)
@@ -303,6 +309,8 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
         if ok:
             opt.zero_grad(set_to_none=True)
             total.backward()
+            if freeze_pixel and tri.grad is not None:
+                tri.grad[:, 3:] = 0  # Adam with zero gradients leaves the plane exactly as it was
             ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for g in groups for p in g["params"])
         if ok:
             opt.step()
