@@ -78,7 +78,8 @@ def test_cli_writes_mesh_triplane_video(cli_run, ckpt):
     from safetensors.torch import load_file
 
     tri = load_file(str(out / "triplane.safetensors"))["triplane"]
-    assert tri.dim() == 5 and tri.shape[1] == 3
+    planes = 4 if load_config(Path(ckpt) / "config.yaml").model.pixel_plane.enabled else 3  # + the pixel plane
+    assert tri.dim() == 5 and tri.shape[1] == planes
     info = json.loads((out / "timings.json").read_text())
     assert {"preprocess", "model", "density_grid", "marching_cubes", "texture"} <= set(info["timings_s"])
 

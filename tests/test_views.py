@@ -39,7 +39,12 @@ def pre_change_forward(model, images, cameras):
         feats = lift_features(patches.float(), math.isqrt(patches.shape[1]), cameras.float(), pts)
         offset = lift.proj(feats.to(tokens.dtype))
     x = model.transformer(tokens, cond, offset)
-    return model.upsampler(x, model.cfg.transformer.plane_tokens)
+    planes = model.upsampler(x, model.cfg.transformer.plane_tokens)
+    if model.pixel_plane is None:
+        return planes
+    # the pixel plane (added after the view axis, lrm/models/pixel_plane.py) reads view 0's image and tokens
+    pix = model.pixel_plane(images, tokens, cameras, planes.shape[-1])
+    return torch.cat([planes, pix.to(planes.dtype).unsqueeze(1)], 1)
 
 
 def view_cameras(azimuths, elevations, fovs):
