@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .pixel_plane import project_canonical
+
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
 
 
@@ -79,8 +81,6 @@ def sample_pixel_plane(plane: torch.Tensor, points: torch.Tensor, radius: float,
                        fov_deg: float) -> torch.Tensor:
     """Features of the pixel plane [B, C, H, W] at the canonical-camera projections of world ``points`` [B, N, 3],
     with the depth offset appended -> [B, N, C + 1] (zeros off the image and behind the camera)."""
-    from .pixel_plane import project_canonical
-
     proj = project_canonical(points, radius, distance, fov_deg)
     feats = F.grid_sample(plane, proj[:, None, :, :2].to(plane.dtype), mode="bilinear", padding_mode="zeros",
                           align_corners=False)[:, :, 0]  # [B, C, N]
@@ -121,8 +121,9 @@ class TriplaneDecoder(nn.Module):
         return self.outputs(self.mlp(feats, pix))
 
     def mlp(self, feats: torch.Tensor, pix=None) -> torch.Tensor:
-        """The MLP on sampled features (+ pixel-plane features) -> raw [B, N, 4] in fp32; under bf16 autocast when
-        ``mlp_precision`` is bf16 and no gradient is being taken (lrm/precision.py's tolerance, tests/test_precision.py)."""
+        """The MLP on sampled features (+ pixel-plane features) -> raw [B, N, 4]. With ``mlp_precision`` bf16 and no
+        gradient being taken it runs under bf16 autocast and returns fp32 (tests/test_precision.py); otherwise it runs
+        in whatever precision the caller set up (fp32, or the caller's autocast when training in bf16)."""
         fast = self.cfg.mlp_precision == "bf16" and not torch.is_grad_enabled()
         # (no context at all otherwise: a disabled autocast would also switch off a caller's, e.g. bf16 training)
         with torch.autocast(feats.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
