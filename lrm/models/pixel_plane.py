@@ -90,9 +90,7 @@ class PixelPlane(nn.Module):
         -> the plane [B, C, size, size] on the canonical camera's image plane."""
         check_canonical_pose(cameras, self.distance)
         _, intr = cam.camera_from_vector(cameras.float())
-        scale = image.shape[-1] // size
-        small = F.avg_pool2d(image.float(), scale) if scale > 1 and image.shape[-1] % size == 0 else \
-            F.interpolate(image.float(), size=(size, size), mode="area")
+        small = F.interpolate(image.float(), size=(size, size), mode="area")  # box average (= pooling at integer ratios)
         grid = canonical_grid(intr, size, self.fov_deg)
         rgb = F.grid_sample(small, grid, mode="bilinear", padding_mode="border", align_corners=False)
         patches = image_tokens[:, self.prefix:]
