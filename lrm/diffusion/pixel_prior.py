@@ -72,19 +72,13 @@ class PixelPrior:
         """ε̂ for ``x_t`` [N, 3, S, S] (lrm/diffusion/prior.py); ``num_views`` V > 1 (joint models): the N rows are
         N / V objects of V consecutive views, denoised together."""
         n = x_t.shape[0]
-        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
-        rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
         if cond is None:
             d = self.model.cfg.image_embed_dim
-            drop = torch.ones(n, dtype=torch.bool, device=self.device)
-            out = self.model(x_t, t, torch.zeros_like(x_t), rel_camera, drop=drop,
-                             image_embedding=torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
-                             num_views=num_views)
-        else:
-            img, emb = cond.extras["cond_image"], cond.extras["embedding"]
-            out = self.model(x_t, t, img.expand(n, -1, -1, -1), rel_camera, image_embedding=emb.expand(n, -1),
-                             num_views=num_views)
-        return noise_from_output(out, x_t, self.alphas_cumprod[t], self.model.cfg.prediction_type)
+            return self._predict(x_t, t, rel_camera, torch.zeros_like(x_t),
+                                 torch.zeros(n, d, device=self.device, dtype=x_t.dtype),
+                                 torch.ones(n, dtype=torch.bool, device=self.device), num_views)
+        img, emb = cond.extras["cond_image"], cond.extras["embedding"]
+        return self._predict(x_t, t, rel_camera, img.expand(n, -1, -1, -1), emb.expand(n, -1), None, num_views)
 
     def predict_noise_pair(self, x_t: Tensor, t: Tensor, cond: Condition, rel_camera: Tensor,
                            num_views: int = 1):
@@ -92,15 +86,22 @@ class PixelPrior:
         guidance: the second half drops the condition, as :meth:`predict_noise` with ``cond=None`` does)."""
         n = x_t.shape[0]
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
-        rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
+        rel = rel_camera.to(self.device, torch.float32).expand(n, 4)
         img, emb = cond.extras["cond_image"], cond.extras["embedding"]
         drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(self.device)
-        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        out = self.model(x2, t2, img.expand(n, -1, -1, -1).repeat(2, 1, 1, 1), rel_camera.repeat(2, 1), drop=drop,
-                         image_embedding=emb.expand(n, -1).repeat(2, 1), num_views=num_views)
-        eps = noise_from_output(out, x2, self.alphas_cumprod[t2], self.model.cfg.prediction_type)
+        eps = self._predict(torch.cat([x_t, x_t]), torch.cat([t, t]), rel.repeat(2, 1),
+                            img.expand(n, -1, -1, -1).repeat(2, 1, 1, 1), emb.expand(n, -1).repeat(2, 1), drop,
+                            num_views)
         return eps[n:], eps[:n]
 
+    def _predict(self, x_t: Tensor, t, rel_camera: Tensor, cond_image: Tensor, embedding: Tensor,
+                 drop: Optional[Tensor], num_views: int) -> Tensor:
+        """One U-Net pass over the rows of ``x_t`` with their conditions -> ε̂ (whatever the model predicts)."""
+        n = x_t.shape[0]
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(n)
+        rel_camera = rel_camera.to(self.device, torch.float32).expand(n, 4)
+        out = self.model(x_t, t, cond_image, rel_camera, drop=drop, image_embedding=embedding, num_views=num_views)
+        return noise_from_output(out, x_t, self.alphas_cumprod[t], self.model.cfg.prediction_type)
 
 def load_pixel_prior(folder: str | os.PathLike, device: str | torch.device = "cpu") -> PixelPrior:
     """A :class:`PixelPrior` from an exported ``zero123`` model folder (``model.safetensors`` + ``config.yaml``).
