@@ -4,7 +4,8 @@
                     lrm/frontend.py (multi-view diffusion)                    -> views [V, S, S, 3] + cameras [V, 16]
     reconstruct     :func:`reconstruct`                                      -> triplane [1, 3, C, H, W]
     refine          lrm/refine (reference losses, SDS)                       -> triplane (+ decoder)
-    mesh            :func:`extract_mesh` (density grid, marching cubes, colours; lrm/mesh.py)
+    mesh            :func:`extract_mesh` (density grid, marching cubes, colours; lrm/mesh.py); the surface level
+                    fixed by the checkpoint or matched to the input's silhouette (:func:`silhouette_level`)
     views           :func:`render_views`, :func:`turntable` (the shared renderer with empty-space skipping)
     export          lrm/pipeline.export_mesh, lrm/outputs.py
 
@@ -77,6 +78,57 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
         mesh = build_trimesh(verts, faces, colours(verts) if len(verts) else None)
     timings["texture"] = time.perf_counter() - t
     return mesh
+
+
+DEFAULT_LEVELS = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+
+
+@torch.no_grad()
+def ray_max_density(model, triplane, c2w: torch.Tensor, intrinsics: torch.Tensor, resolution: int, radius: float,
+                    samples: int = 128, chunk: int = 65536) -> torch.Tensor:
+    """The largest density along each pixel's ray through the cube [-R, R]^3 (``samples`` midpoints between the
+    ray's entry and exit) of one view: [resolution, resolution]; 0 where the ray misses the cube. A ray meets the
+    level set {density = L} iff this is >= L, so ``ray_max_density >= L`` is the silhouette of the mesh at level L
+    (up to the sampling along the ray)."""
+    from .render.volume import near_far, uniform_samples
+
+    device = triplane.device
+    c2w = torch.as_tensor(c2w, dtype=torch.float32).to(device).reshape(4, 4)
+    intr = torch.as_tensor(intrinsics, dtype=torch.float32).to(device).reshape(4)
+    rays_o, rays_d = C.get_rays(c2w, intr, int(resolution), int(resolution))  # [N, 3]
+    t_near, t_far, valid = near_far(rays_o, rays_d, radius)
+    t = uniform_samples(t_near, t_far, int(samples), randomize=False)  # [N, S]
+    points = rays_o[:, None] + rays_d[:, None] * t[..., None]
+    dens = density_fn(model, triplane)
+    flat = points.reshape(-1, 3)
+    out = torch.cat([dens(flat[i:i + chunk]) for i in range(0, len(flat), chunk)]).reshape(t.shape)
+    best = out.amax(dim=-1).where(valid, torch.zeros((), device=device))
+    return best.reshape(int(resolution), int(resolution)).float()
+
+
+def silhouette_level(max_density: torch.Tensor, mask: torch.Tensor,
+                     levels: Sequence[float] = DEFAULT_LEVELS) -> tuple:
+    """The density level whose silhouette (``max_density >= level``) best matches ``mask`` [H, W] (in [0, 1],
+    thresholded at 0.5; resized to ``max_density``'s size by area averaging first) by IoU: (level, {level: IoU}).
+    Ties go to the first level in ``levels``."""
+    import torch.nn.functional as F
+
+    if not len(levels):
+        raise ValueError("silhouette_level needs at least one candidate level")
+    m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask, dtype=torch.float32)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be [H, W], got {tuple(m.shape)}")
+    size = tuple(max_density.shape[-2:])
+    if tuple(m.shape) != size:
+        m = F.interpolate(m[None, None], size=size, mode="area")[0, 0]
+    target = m.to(max_density.device) >= 0.5
+    ious = {}
+    for lv in levels:
+        sil = max_density >= float(lv)
+        union = (sil | target).sum().item()
+        ious[float(lv)] = (sil & target).sum().item() / union if union else 1.0
+    best = max(ious, key=lambda k: ious[k])  # max() keeps the first of equal values
+    return best, ious
 
 
 @torch.no_grad()

@@ -49,6 +49,24 @@ def test_lrm_ref_moves_the_input_view_towards_the_image(evalset):
     e0, e1 = _input_error(p0, obj), _input_error(p1, obj)
     print("input-view error", e0, e1)
     assert e1 < 0.8 * e0, (e0, e1)
+    from lrm.refine.loop import RefineConfig
+
+    assert p1.info["mc_level"] in RefineConfig().levels  # the refined mesh is cut at the silhouette-matched level
+    fixed = make_method("lrm+ref", steps=0, threshold=7.5, **SMALL)  # an explicit threshold wins
+    assert fixed.refine_config().level == "checkpoint"
+
+
+def test_lrm_can_match_its_level_to_the_input_silhouette(evalset):
+    from lrm.evaluate.methods import MethodError, RunContext, make_method
+
+    obj, ctx = evalset.load("box"), RunContext(protocol=evalset.protocol)
+    m = make_method("lrm", config="tiny", level="silhouette", **SMALL)
+    m.setup(ctx)
+    pred = m.predict(obj, ctx)
+    assert pred.info["mc_level"] in (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+    assert 0.0 <= pred.info["level_iou"] <= 1.0
+    with pytest.raises(MethodError, match="level must be fixed or silhouette"):
+        make_method("lrm", config="tiny", level="auto", **SMALL).setup(ctx)
 
 
 def test_sds_methods_load_the_prior_and_call_it(evalset, monkeypatch):

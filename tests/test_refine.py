@@ -33,6 +33,19 @@ def test_ref_mode_lowers_the_reference_view_loss(duck):
     after = evaluate_reference(pipe, res.triplane, image, mask, cfg)
     assert after["rgb"] + after["mask"] < 0.9 * (before["rgb"] + before["mask"]), (before, after)
     assert res.stats["renders"] == 8 and res.stats["prior_calls"] == 0 and res.decoder is None
+    # the mesh level is matched to the input mask: the chosen level's silhouette is the closest of the candidates
+    from lrm import cameras as C
+    from lrm.stages import ray_max_density, silhouette_level
+
+    assert res.level in cfg.levels and res.stats["level"] == res.level
+    cam = pipe.cfg.camera
+    md = ray_max_density(pipe.model, res.triplane, C.orbit_camera(0.0, 0.0, cam.distance),
+                         C.intrinsics_from_fov(cam.fov_deg), cfg.level_resolution, pipe.cfg.model.render.radius)
+    _, ious = silhouette_level(md, mask, cfg.levels)
+    assert res.stats["level_iou"] == pytest.approx(max(ious.values())) and res.stats["level_iou"] > 0.8
+    fixed = refine(tri, pipe, image, None, RefineConfig(mode="ref", steps=0, level="checkpoint", **FAST), mask=mask,
+                   progress=False)
+    assert fixed.level is None and "level" not in fixed.stats
 
 
 def test_sds_mode_calls_the_prior_and_leaves_the_callers_model_alone(duck):
@@ -70,6 +83,8 @@ def test_bad_inputs_give_one_clear_error(duck, tmp_path):
         refine(tri, pipe, image, None, RefineConfig(mode="sds", **FAST), progress=False)
     with pytest.raises(RefineError, match="mode must be one of"):
         RefineConfig(mode="dreamfusion")
+    with pytest.raises(RefineError, match="level must be silhouette or checkpoint"):
+        RefineConfig(level="auto")
     # a non-finite loss: steps are skipped (the triplane is not touched), then the run stops with one error
     bad = mask.copy()
     bad[0, 0] = np.nan
@@ -105,6 +120,7 @@ def test_cli_refines_an_infer_folder_into_a_new_folder(duck, tmp_path, capsys):
             "progress_0001.png", ".lrm-output.json"} <= names
     info = json.loads((out / "refine.json").read_text())
     assert info["mode"] == "ref" and info["stats"]["steps"] == 2 and info["faces"] > 0
+    assert info["mc_threshold"] == info["stats"]["level"]  # the mesh is cut at the silhouette-matched level
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the source folder is untouched
     assert main(args) == 0  # our own folder may be replaced
     (out / "notes.txt").write_text("mine")  # ... but not once the user put something in it

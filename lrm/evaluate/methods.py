@@ -339,16 +339,18 @@ class ModelAdapter:
                                  torch.as_tensor(np.asarray(intrinsics), dtype=torch.float64))
         return reconstruct(self.model, images_rgb, cams, self.precision, self.device)
 
-    def mesh(self, triplane):
-        """The stages' mesher on a dense grid; None (with a note) when the density never crosses the threshold."""
+    def mesh(self, triplane, threshold=None):
+        """The stages' mesher on a dense grid at ``threshold`` (None: the adapter's); None (with a note) when the
+        density never crosses it."""
         from ..stages import extract_mesh
 
         stats = {}
-        mesh = extract_mesh(self.model, triplane, resolution=self.mc_resolution, threshold=self.threshold,
+        level = self.threshold if threshold is None else float(threshold)
+        mesh = extract_mesh(self.model, triplane, resolution=self.mc_resolution, threshold=level,
                             radius=self.radius, coarse_factor=1, chunk=self.chunk, stats=stats)
         stats = {k: stats[k] for k in ("density_max", "density_mean")}
         if not len(mesh.faces):
-            return None, {**stats, "note": f"density never crosses threshold {self.threshold:g}: empty mesh"}
+            return None, {**stats, "note": f"density never crosses threshold {level:g}: empty mesh"}
         return mesh, stats
 
     def renderer(self, triplane, background=(1.0, 1.0, 1.0), render_resolution=None):
@@ -397,16 +399,20 @@ class LRMMethod(Method):
     ``mesher=auto`` (default) extracts the mesh with the pipeline's own ``extract_mesh`` when a checkpoint is loaded
     (so the shipped mesh is what is scored; explicit ``mc_resolution`` / ``threshold`` are passed to it as
     ``mc_resolution`` / ``mc_threshold``) and with :class:`ModelAdapter` otherwise; ``mesher=adapter`` forces the
-    latter. ``precision=bf16`` runs image -> triplane under bf16 autocast (docs/inference.md)."""
+    latter. ``precision=bf16`` runs image -> triplane under bf16 autocast (docs/inference.md). ``level=silhouette``
+    cuts the mesh at the density level whose silhouette from the input camera best matches the input's alpha
+    (``lrm.stages.silhouette_level``) instead of the fixed ``threshold``; the level is recorded as ``mc_level``."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
-                "render_resolution": None, "mesher": "auto", "precision": "fp32"}
+                "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "fixed"}
 
     def setup(self, ctx):
         import torch
 
         torch.manual_seed(ctx.seed)
         p = self.params
+        if p["level"] not in ("fixed", "silhouette"):
+            raise MethodError(f"{self.name}: level must be fixed or silhouette, got {p['level']!r}")
         self.pipeline = None
         if p["config"]:
             from ..config import load_config
@@ -449,13 +455,33 @@ class LRMMethod(Method):
         else:
             tri = self.adapter.triplane(_input_rgb_on_white(obj), obj.input_c2w, obj.input_intrinsics)
             info["t_model"] = time.perf_counter() - t0
-            mesh = self.extract(tri, info)
+            level = self.silhouette_level(tri, obj, info) if self.params["level"] == "silhouette" else None
+            mesh = self.extract(tri, info, level)
         return self.prediction(tri, mesh, info, ctx)
 
-    def extract(self, tri, info: dict):
-        """The mesh of a triplane (the pipeline's mesher with a checkpoint, else the adapter's); timings in ``info``."""
+    def silhouette_level(self, tri, obj, info: dict, model=None) -> float:
+        """The density level matched to the input's alpha from the input camera (``level=silhouette``)."""
+        import torch
+
+        from ..refine.loop import RefineConfig
+        from ..stages import ray_max_density, silhouette_level
+
+        t = time.perf_counter()
+        cfg = RefineConfig(mode="ref")
+        md = ray_max_density(model or self.adapter.model, tri, torch.as_tensor(obj.input_c2w, dtype=torch.float32),
+                             torch.as_tensor(obj.input_intrinsics, dtype=torch.float32), cfg.level_resolution,
+                             self.adapter.radius)
+        level, ious = silhouette_level(md, obj.input_rgba[..., 3].astype(np.float32) / 255.0, cfg.levels)
+        info.update(mc_level=level, level_iou=ious[level], t_level=time.perf_counter() - t)
+        return level
+
+    def extract(self, tri, info: dict, level=None):
+        """The mesh of a triplane (the pipeline's mesher with a checkpoint, else the adapter's) at density ``level``
+        (None: the method's ``threshold`` / the checkpoint's); timings in ``info``."""
         t1 = time.perf_counter()
         extract = getattr(self.pipeline, "extract_mesh", None) if self.params["mesher"] == "auto" else None
+        if extract is not None and level is not None:
+            extract = self.pipeline.with_options(mc_threshold=float(level)).extract_mesh
         if extract is not None:
             timings, stats = {}, {}
             mesh = extract(tri, timings, stats)
@@ -465,7 +491,7 @@ class LRMMethod(Method):
             info.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))})
             info["mesher"] = "pipeline"
         else:
-            mesh, stats = self.adapter.mesh(tri)
+            mesh, stats = self.adapter.mesh(tri, level)
             info.update(stats)
             info["mesher"] = "adapter"
         info["t_mesh"] = time.perf_counter() - t1
@@ -651,11 +677,14 @@ class RefinedLRM(LRMMethod):
     (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-mv-tiny, views denoised jointly),
     ``steps``, ``guidance`` (CFG scale), ``t_max`` (upper end of the t range at the start, annealed to
     ``t_max_end`` over the run), ``w_sds``, ``lr``, ``pixel_plane`` (fixed | optimise: whether a pixel-plane scene's
-    fourth plane is refined too); seconds include the feed-forward pass."""
+    fourth plane is refined too), ``level`` (silhouette (default) | fixed: the refined mesh's density level is matched
+    to the input's alpha, ``RefineConfig.level``, unless ``threshold`` is given or ``level=fixed``); seconds include
+    the feed-forward pass."""
 
     mode = "sds"
     defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
-                "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed"}
+                "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed",
+                "level": "silhouette"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -678,8 +707,10 @@ class RefinedLRM(LRMMethod):
         p = self.params
         sds = {"guidance_scale": float(p["guidance"]), "t_range_start": (0.02, float(p["t_max"])),
                "t_range_end": (0.02, min(float(p["t_max"]), float(p["t_max_end"])))}
+        matched = p["level"] == "silhouette" and "threshold" not in self.explicit
         return RefineConfig(mode=self.mode, steps=int(p["steps"]), w_sds=float(p["w_sds"]), lr=float(p["lr"]),
-                            n_views=int(p["n_views"]), pixel_plane=str(p["pixel_plane"]), seed=0, save_every=0, sds=sds)
+                            n_views=int(p["n_views"]), pixel_plane=str(p["pixel_plane"]), seed=0, save_every=0, sds=sds,
+                            level="silhouette" if matched else "checkpoint")
 
     def predict(self, obj, ctx):
         from ..refine.loop import RefineError, refine
@@ -701,7 +732,9 @@ class RefinedLRM(LRMMethod):
         info["t_refine"] = time.perf_counter() - t1
         info.update({f"refine_{k}": v for k, v in res.stats.items() if isinstance(v, (int, float))})
         tri = res.triplane.to(self.adapter.device)  # the decoder stays the checkpoint's (decoder_lr 0)
-        mesh = self.extract(tri, info)
+        if res.level is not None:
+            info["mc_level"] = res.level
+        mesh = self.extract(tri, info, res.level)
         return self.prediction(tri, mesh, info, ctx)
 
 

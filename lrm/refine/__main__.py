@@ -32,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--format", default="glb", choices=["glb", "obj", "ply"])
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"])
     p.add_argument("--mc-resolution", type=int, default=None)
+    p.add_argument("--level", default=None, choices=["silhouette", "checkpoint"],
+                   help="the mesh's density level: matched to the input mask's silhouette (default) or the "
+                        "checkpoint's infer.mc_threshold")
     p.add_argument("--video", action="store_true")
     p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
     p.add_argument("--device", default="cpu")
@@ -45,7 +48,7 @@ def config_from_args(args, steps=None):
     from ..guidance import SDSConfig
 
     kw = {"mode": args.mode}
-    for key in ("steps", "lr", "decoder_lr", "n_views", "save_every", "seed"):
+    for key in ("steps", "lr", "decoder_lr", "n_views", "save_every", "seed", "level"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     if steps is not None:

@@ -99,14 +99,15 @@ def refined_result(pipe, res: RefineResult, image: np.ndarray, video: bool = Fal
     from ..preprocess import InputError
 
     model = with_decoder(pipe.model, res.decoder)
-    p = Pipeline(model, pipe.cfg, pipe.device, **pipe.opts) if res.decoder is not None else pipe
+    opts = {**pipe.opts, **({"mc_threshold": float(res.level)} if res.level is not None else {})}
+    p = Pipeline(model, pipe.cfg, pipe.device, **opts) if res.decoder is not None or opts != pipe.opts else pipe
     tri = res.triplane.to(pipe.device)
     timings, stats = {}, {}
     with torch.no_grad():
         mesh = p.extract_mesh(tri, timings, stats)
     if len(mesh.faces) == 0:
-        raise InputError("the refined triplane has no surface at the checkpoint's mc_threshold "
-                         "(try fewer steps, a lower --mc-threshold, or --mode ref)")
+        raise InputError(f"the refined triplane has no surface at density level {p.opts['mc_threshold']:g} "
+                         "(try fewer steps or --mode ref)")
     frames = p.turntable(tri) if video else None
     return Result(mesh=mesh, triplane=res.triplane, input_image=image, timings=timings, frames=frames,
                   stats=stats, input_mask=mask)
@@ -133,6 +134,7 @@ def write_refined(pipe, res: RefineResult, image: np.ndarray, final: Path, cfg: 
         info = {"source": source, "mode": cfg.mode, "config": _jsonable(asdict(cfg)), "stats": res.stats,
                 "first": res.history[0] if res.history else None, "last": res.history[-1] if res.history else None,
                 "faces": int(len(result.mesh.faces)), "mesh": [f.name for f in files[fmt]],
+                "mc_threshold": float(res.level if res.level is not None else pipe.opts["mc_threshold"]),
                 "decoder": "decoder.safetensors" if res.decoder is not None else None}
         (tmp / "refine.json").write_text(json.dumps(info, indent=2))
         (tmp / "history.json").write_text(json.dumps(res.history))

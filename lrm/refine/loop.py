@@ -69,6 +69,12 @@ class RefineConfig:
     # a scene with a pixel plane (model.pixel_plane): "fixed" keeps that plane (the input image's features) as the LRM
     # made it and optimises the three 3D planes; "optimise" lets the losses change it too
     pixel_plane: str = "fixed"
+    # the mesh's density level after refinement: "silhouette" picks, among ``levels``, the one whose silhouette from
+    # the input camera best matches the input mask (lrm.stages.silhouette_level; refined fields are often best cut
+    # at another level than the feed-forward one); "checkpoint" keeps the checkpoint's infer.mc_threshold
+    level: str = "silhouette"
+    levels: Tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+    level_resolution: int = 64  # input-camera rays for the silhouette (per side)
     max_skips: int = 10
     save_every: int = 20  # intermediate renders every k steps (with an output folder; 0: none)
     seed: int = 0
@@ -92,6 +98,11 @@ class RefineConfig:
             raise RefineError(f"refine n_views must be >= 1, got {self.n_views}")
         if self.pixel_plane not in ("fixed", "optimise"):
             raise RefineError(f"refine pixel_plane must be fixed or optimise, got {self.pixel_plane!r}")
+        self.levels = tuple(float(v) for v in self.levels)
+        if self.level not in ("silhouette", "checkpoint"):
+            raise RefineError(f"refine level must be silhouette or checkpoint, got {self.level!r}")
+        if self.level == "silhouette" and (not self.levels or min(self.levels) <= 0):
+            raise RefineError(f"refine levels must be positive densities, got {self.levels}")
 
     @property
     def uses_prior(self) -> bool:
@@ -103,7 +114,8 @@ class RefineResult:
     triplane: Tensor  # [1, 3, C, H, W], detached, on the CPU
     decoder: Optional[torch.nn.Module]  # the optimised decoder copy, or None when the decoder was not optimised
     history: List[Dict[str, float]]  # per step: every loss term (unweighted), total, resolution
-    stats: Dict[str, float]  # seconds, steps, skipped, renders, prior_calls, steps_per_s
+    stats: Dict[str, float]  # seconds, steps, skipped, renders, prior_calls, steps_per_s (+ level, level_iou)
+    level: Optional[float] = None  # the mesh's density level (cfg.level "silhouette"); None: the checkpoint's
 
 
 def resolution_at(cfg: RefineConfig, step: int) -> int:
@@ -339,8 +351,23 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
     stats = {"seconds": seconds, "steps": cfg.steps, "skipped": skipped, "renders": renders,
              "prior_calls": getattr(guidance, "prior_calls", 0), "sds_skipped": getattr(guidance, "skipped", 0),
              "steps_per_s": cfg.steps / seconds if seconds > 0 else math.inf}
+    level = None
+    if cfg.level == "silhouette":
+        t1 = time.perf_counter()
+        level, ious = mask_matched_level(with_decoder(lrm, decoder), tri.detach(), msk[0, 0], ref_c2w[0], intr, cfg)
+        stats.update(level=level, level_iou=ious[level], level_seconds=time.perf_counter() - t1)
     return RefineResult(triplane=tri.detach().cpu(), decoder=decoder.requires_grad_(False).cpu() if train_decoder else None,
-                        history=history, stats=stats)
+                        history=history, stats=stats, level=level)
+
+
+def mask_matched_level(model, triplane: Tensor, mask: Tensor, c2w: Tensor, intrinsics: Tensor,
+                       cfg: RefineConfig) -> Tuple[float, Dict[float, float]]:
+    """The level among ``cfg.levels`` whose silhouette from the input camera best matches ``mask`` [S, S]:
+    (level, {level: IoU}) (lrm.stages.silhouette_level)."""
+    from ..stages import ray_max_density, silhouette_level
+
+    md = ray_max_density(model, triplane, c2w, intrinsics, cfg.level_resolution, float(model.cfg.render.radius))
+    return silhouette_level(md, mask.detach(), cfg.levels)
 
 
 def _progress(total: int, enabled: bool, mode: str):
