@@ -4,6 +4,9 @@
 
     python benchmarks/bench_train.py                      # tiny + small step table, 1 vs 2 processes (tiny)
     python benchmarks/bench_train.py --configs small --steps 5 --checkpoint-render
+    python benchmarks/bench_train.py --configs small --proc-steps 0 --rounds 2 \
+        --variants 'fp32:' 'bf16:train.mixed_precision=bf16' \
+        'bf16+recompute:train.mixed_precision=bf16,model.decoder.recompute=true'   # side by side, interleaved
 
 Each measurement runs in its own process (clean peak RSS). ``small`` is set to reference configuration (a):
 224² input, ViT 384x6, transformer 512x6, 3x32x64² planes, 48+48 samples, 2 supervised views x 64x64 rays,
@@ -161,6 +164,27 @@ def measure_procs(nproc: int, steps: int, extra, threads: int = 0) -> dict:
     return res
 
 
+def parse_variants(specs):
+    """['label:k=v,k=v', ...] -> [(label, [k=v, ...])]; none given: one variant with no extra overrides."""
+    if not specs:
+        return [("", [])]
+    out = []
+    for spec in specs:
+        label, _, rest = spec.partition(":")
+        out.append((label or rest or "base", [kv for kv in rest.split(",") if kv]))
+    return out
+
+
+def merge_rounds(rs):
+    """Several rounds of one (config, variant): median time per step and forward, the largest peak RSS."""
+    out = dict(rs[0])
+    out["s_per_step"] = statistics.median(r["s_per_step"] for r in rs)
+    out["forward_s"] = statistics.median(r["forward_s"] for r in rs)
+    out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rs)
+    out["rounds"] = [{k: r[k] for k in ("s_per_step", "forward_s", "peak_rss_gb")} for r in rs]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["tiny", "small"])
@@ -173,6 +197,10 @@ def main():
                    help="torch threads per process in the 1-vs-2 runs (0: cores / processes)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--variants", nargs="+", default=None, metavar="LABEL:KEY=V,KEY=V",
+                   help="settings compared side by side (each config runs once per variant per round), e.g. "
+                        "'fp32:' 'bf16:train.mixed_precision=bf16'")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the variants (medians reported)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = p.parse_args()
     if a.one:
@@ -180,28 +208,36 @@ def main():
         return
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at start; torch threads {a.threads}, fp32")
-    results = []
-    for name in a.configs:
-        r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
-                            str(a.threads), "--warmup", str(a.warmup), *(["--profile"] if a.profile else []),
-                            *a.overrides], capture_output=True, text=True)
-        line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
-        if r.returncode or not line:
-            print(f"{name}: failed\n{r.stderr[-2000:]}")
-            continue
-        results.append(json.loads(line[0][7:]))
-    print("\n| config | precision | params | s/step (median) | forward s | peak RSS | reference s/step | reference RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    variants = parse_variants(a.variants)
+    runs = {}
+    for _ in range(max(a.rounds, 1)):
+        for name in a.configs:
+            for label, extra in variants:
+                r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
+                                    str(a.threads), "--warmup", str(a.warmup), *(["--profile"] if a.profile else []),
+                                    *a.overrides, *extra], capture_output=True, text=True)
+                line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+                if r.returncode or not line:
+                    print(f"{name} {label}: failed\n{r.stderr[-2000:]}")
+                    continue
+                runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label})
+    results = [merge_rounds(rs) for rs in runs.values()]
+    print("\n| config | variant | precision | params | s/step (median) | forward s | peak RSS | "
+          "reference s/step | reference RSS | time vs first variant | RSS vs first variant |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    first = {}
     for r in results:
         ref = REFERENCE.get(r["config"], {})
-        print(f"| {r['config']} | {r['mixed_precision']} | {r['params_m']:.1f} M | {r['s_per_step']:.2f} | "
-              f"{r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
-              f"{ref.get('peak_rss_gb', '-')} GB |")
+        f = first.setdefault(r["config"], r)
+        print(f"| {r['config']} | {r['variant']} | {r['mixed_precision']} | {r['params_m']:.1f} M | "
+              f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
+              f"{ref.get('peak_rss_gb', '-')} GB | {r['s_per_step'] / f['s_per_step']:.2f}x | "
+              f"{r['peak_rss_gb'] / f['peak_rss_gb']:.2f}x |")
     for r in results:
         if "profile" in r:
             pr = r["profile"]
             stages = ", ".join(f"{k} {v:.2f} s" for k, v in pr["stages_forward_s"].items())
-            print(f"\n{r['config']} profiled step: {pr['step_s']:.2f} s (forward {pr['forward_s']:.2f} s; {stages}; "
+            print(f"\n{r['config']} {r['variant']} profiled step: {pr['step_s']:.2f} s (forward {pr['forward_s']:.2f} s; {stages}; "
                   f"{pr['decoder_calls']} decoder calls)\n{pr['ops']}")
     procs = []
     if a.proc_steps > 0:

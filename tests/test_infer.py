@@ -187,3 +187,18 @@ def test_pipeline_uses_the_checkpoints_input_background(tmp_path):
     grey = Pipeline(model, cfg).run(img)
     assert np.allclose(white.input_image[0, 0], 1.0) and np.allclose(grey.input_image[0, 0], 0.5)
     assert not torch.allclose(white.triplane, grey.triplane)
+
+
+def test_refine_matches_the_level_to_the_input_unless_a_threshold_is_given(ckpt, tmp_path):
+    """``infer.py --refine ref``: the refined mesh is cut at the silhouette-matched level (recorded), and an explicit
+    ``--mc-threshold`` fixes both meshes' level instead."""
+    from lrm.refine.loop import RefineConfig
+
+    img = disc_png(tmp_path / "d.png")
+    base = [str(img), "--checkpoint", str(ckpt), "--mc-resolution", "33", "--refine", "ref", "--refine-steps", "1"]
+    assert infer.main(base + ["--out", str(tmp_path / "a")]) == 0
+    info = json.loads((tmp_path / "a" / "d-refined-ref" / "refine.json").read_text())
+    assert info["mc_threshold"] == info["stats"]["level"] and info["mc_threshold"] in RefineConfig().levels
+    assert infer.main(base + ["--out", str(tmp_path / "b"), "--mc-threshold", "5.5"]) == 0
+    info = json.loads((tmp_path / "b" / "d-refined-ref" / "refine.json").read_text())
+    assert info["mc_threshold"] == 5.5 and "level" not in info["stats"]

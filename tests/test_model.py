@@ -236,3 +236,45 @@ def test_encoder_loads_local_dinov2_folder_and_matches_transformers(tmp_path):
     bad = OmegaConf.merge(cfg, {"dim": 64, "heads": 4})
     with pytest.raises(ValueError, match="does not fit"):
         load_pretrained(ImageEncoder(bad), tmp_path)
+
+
+@pytest.mark.parametrize("pixel", [False, True])
+def test_decoder_recompute_gives_the_same_gradients_and_stores_less(pixel):
+    """``model.decoder.recompute``: the same outputs and gradients (planes, points, weights; fp32 and under bf16
+    autocast), while the tensors autograd keeps from the forward pass shrink to the MLP's input."""
+    from lrm.config import PixelPlaneConfig
+
+    pp = OmegaConf.structured(PixelPlaneConfig(enabled=True)) if pixel else None
+    planes = 4 if pixel else 3
+    g = torch.Generator().manual_seed(0)
+    tri0 = torch.randn(1, planes, 8, 16, 16, generator=g)
+    pts0 = (torch.rand(1, 3000, 3, generator=g) * 2 - 1) * 0.8
+
+    def run(recompute, autocast=False):
+        torch.manual_seed(0)
+        cfg = OmegaConf.structured(DecoderConfig(recompute=recompute))
+        dec = TriplaneDecoder(cfg, channels=8, radius=0.87, pixel_plane=pp)
+        if pixel:
+            torch.nn.init.normal_(dec.pixel_in.weight, std=0.1)  # not the zero init, so its gradient path is exercised
+        tri, pts = tri0.clone().requires_grad_(), pts0.clone().requires_grad_()
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = dec(tri, pts)
+        (out["density"].mean() + out["rgb"].square().mean()).backward()
+        grads = [tri.grad, pts.grad] + [p.grad for p in dec.parameters()]
+        return out["raw"].detach().float(), grads, sum(saved)
+
+    for autocast in (False, True):
+        raw_a, grads_a, saved_a = run(False, autocast)
+        raw_b, grads_b, saved_b = run(True, autocast)
+        assert torch.equal(raw_a, raw_b)
+        for ga, gb in zip(grads_a, grads_b):
+            assert torch.allclose(ga.float(), gb.float(), rtol=1e-5, atol=1e-7)
+        # without recompute every Linear keeps its input and every activation its pre-activation ([N, 64] each)
+        assert saved_b < 0.6 * saved_a, (saved_a, saved_b)
