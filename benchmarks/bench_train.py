@@ -6,7 +6,7 @@
     python benchmarks/bench_train.py --configs small --steps 5 --checkpoint-render
     python benchmarks/bench_train.py --configs small --proc-steps 0 --rounds 2 \
         --variants 'fp32:' 'bf16:train.mixed_precision=bf16' \
-        'bf16+recompute:train.mixed_precision=bf16,model.decoder.recompute=true'   # side by side, interleaved
+        'bf16+ckpt:train.mixed_precision=bf16,train.render.checkpoint_rays=1024'   # side by side, interleaved
 
 Each measurement runs in its own process (clean peak RSS). ``small`` is set to reference configuration (a):
 224² input, ViT 384x6, transformer 512x6, 3x32x64² planes, 48+48 samples, 2 supervised views x 64x64 rays,

@@ -95,9 +95,6 @@ class DecoderConfig:
     # bf16: without autograd (rendering, meshing, evaluation) the MLP runs under bf16 autocast; plane sampling and
     # the outputs stay fp32. Training and refinement (autograd on) always run it in fp32.
     mlp_precision: str = "fp32"
-    # with autograd on (training, refinement): keep only the MLP's input and recompute its hidden activations in
-    # the backward pass (one extra MLP forward) instead of storing them for every sample of every ray
-    recompute: bool = False
 
 
 @dataclass

@@ -11,8 +11,7 @@ at the point's projection into the canonical input camera and, with the point's 
 enters the first layer through its own linear map (``pixel_in``, zero-initialised: a model warm-started from a
 three-plane checkpoint begins as that checkpoint).
 
-MLP: Linear -> act, (hidden_layers - 1) x [Linear -> act], Linear -> 4 (``recompute``: under autograd only the MLP's
-input is kept and its hidden activations are recomputed in the backward pass). Channel 0 is raw density, made
+MLP: Linear -> act, (hidden_layers - 1) x [Linear -> act], Linear -> 4. Channel 0 is raw density, made
 non-negative by ``density_activation`` applied to ``raw + density_bias`` (exp, trunc_exp: exp with its
 gradient clamped, softplus, relu); channels 1..3 go through a sigmoid to RGB in [0, 1].
 """
@@ -23,7 +22,6 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from .pixel_plane import project_canonical
 
@@ -126,21 +124,14 @@ class TriplaneDecoder(nn.Module):
         """The MLP on sampled features (+ pixel-plane features) -> raw [B, N, 4]. With ``mlp_precision`` bf16 and no
         gradient being taken it runs under bf16 autocast and returns fp32 (tests/test_precision.py); otherwise it runs
         in whatever precision the caller set up (fp32, or the caller's autocast when training in bf16)."""
-        grad = torch.is_grad_enabled()
-        fast = self.cfg.mlp_precision == "bf16" and not grad
-        if grad and self.cfg.recompute and (feats.requires_grad or any(p.requires_grad for p in self.parameters())):
-            # the checkpoint replays the caller's autocast state in the recomputation
-            args = (feats,) if pix is None else (feats, pix)
-            return torch.utils.checkpoint.checkpoint(self._layers, *args, use_reentrant=False)
+        fast = self.cfg.mlp_precision == "bf16" and not torch.is_grad_enabled()
         # (no context at all otherwise: a disabled autocast would also switch off a caller's, e.g. bf16 training)
         with torch.autocast(feats.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
-            raw = self._layers(feats, pix)
+            if pix is None:
+                raw = self.layers(feats)
+            else:
+                raw = self.layers[1:](self.layers[0](feats) + self.pixel_in(pix))
         return raw.float() if fast else raw
-
-    def _layers(self, feats: torch.Tensor, pix=None) -> torch.Tensor:
-        if pix is None:
-            return self.layers(feats)
-        return self.layers[1:](self.layers[0](feats) + self.pixel_in(pix))
 
     def outputs(self, raw: torch.Tensor):
         return {
