@@ -559,6 +559,27 @@ def test_validation_pass_covers_the_split_and_scores_an_empty_model_analytically
     assert a["mask_iou"] == 0.0
 
 
+def test_validation_of_refined_scenes(shardset):
+    """``evaluate_split(..., refine=cfg)`` scores the scene refined on the input view: zero refinement steps give
+    the unrefined numbers exactly, some steps change them."""
+    from lrm.config import load_config
+    from lrm.models import build_model
+    from lrm.refine import RefineConfig
+    from lrm.training.validation import evaluate_split
+
+    out, _ = shardset
+    torch.manual_seed(0)
+    model = build_model(load_config("tiny", ["model.pixel_plane.enabled=false", "model.upsampler.kernel=2"])).eval()
+    kw = dict(views=2, resolution=RES, image_size=RES, progress=False, limit=1)
+    base = evaluate_split(model, str(out), **kw)
+    fast = dict(mode="ref", save_every=0, level="checkpoint", resolutions=(16,), resolution_milestones=(),
+                n_samples=16, n_importance=8)
+    same = evaluate_split(model, str(out), refine=RefineConfig(steps=0, **fast), **kw)
+    moved = evaluate_split(model, str(out), refine=RefineConfig(steps=3, lr=0.1, **fast), **kw)
+    assert same["psnr"] == base["psnr"] and same["mask_iou"] == base["mask_iou"]
+    assert moved["psnr"] != base["psnr"]
+
+
 def test_to_vertex_colored_keeps_vertex_and_face_colours():
     """GT meshes of evaluation sets keep their colours (a vertex-coloured part was once written grey)."""
     import trimesh

@@ -137,15 +137,16 @@ def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpip
 
 # ----------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(model, batch: Dict, resolution: int, n_views: int) -> Dict[str, torch.Tensor]:
+def validate(model, batch: Dict, resolution: int, n_views: int, triplane=None) -> Dict[str, torch.Tensor]:
     """Full-image renders of the first ``n_views`` supervision views of a fixed batch (no jitter), scored against
-    the targets resized to ``resolution`` (returned too, with the triplanes)."""
+    the targets resized to ``resolution`` (returned too, with the triplanes). ``triplane``: render this scene
+    instead of the model's reconstruction (e.g. a refined one)."""
     was = model.training
     model.eval()
     try:
         c2w = batch["target_c2w"][:, :n_views]
         intr = batch["target_intrinsics"][:, :n_views]
-        tri = model(batch["input_images"], batch["input_cameras"])
+        tri = model(batch["input_images"], batch["input_cameras"]) if triplane is None else triplane
         out = model.render(tri, c2w, intr, resolution=resolution, randomize=False,
                            background=batch["background"][:, None, :])
     finally:
