@@ -172,8 +172,9 @@ def process(pipe, image: str, args, out_root: Path, prior=None) -> Path:
         from lrm.refine.__main__ import config_from_args
 
         target = refine_target(out_root, image, args.refine)
-        # an explicit --mc-threshold also fixes the refined mesh's level; otherwise it is matched to the input mask
-        level = "checkpoint" if args.mc_threshold is not None else None
+        # an explicit --mc-threshold also sets the refined mesh's level; otherwise the checkpoint's level for refined
+        # scenes (infer.refined_mc_threshold) applies
+        level = args.mc_threshold
         cfg = config_from_args(argparse.Namespace(mode=args.refine, level=level), steps=args.refine_steps)
         res = refine_to_folder(pipe, result.triplane, result.input_image, result.input_mask, prior, cfg, target,
                                fmt=args.format, orientation=args.orientation, video=args.video,

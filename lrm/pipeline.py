@@ -42,6 +42,8 @@ class InferConfig:
     input_background: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     mc_resolution: int = 129  # grid points per side (2^k + 1 so the coarse-to-fine grid aligns)
     mc_threshold: float = 10.0  # density level of the surface
+    # density level of the surface of a refined scene (lrm/refine: refined fields are cut lower); None: mc_threshold
+    refined_mc_threshold: Optional[float] = None
     coarse_factor: int = 4  # coarse-to-fine density grid: every n-th point first (lrm/mesh.py; 1 = dense)
     texture: str = "vertex"  # vertex | uv
     texture_size: int = 1024  # UV texture map side (texture: uv)
@@ -56,7 +58,7 @@ INFER_KEYS = tuple(f.name for f in fields(InferConfig))
 
 #: Ranges (inclusive) of the numeric options; checked before any work (a 1025^3 grid is already 4 GB).
 INFER_LIMITS = dict(input_size=(32, 2048, True), foreground_ratio=(0.05, 1.0, False), mc_resolution=(8, 513, True),
-                    mc_threshold=(-1e6, 1e6, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
+                    mc_threshold=(-1e6, 1e6, False), refined_mc_threshold=(-1e6, 1e6, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
                     video_frames=(1, 1000, True), video_resolution=(16, 2048, True),
                     video_elevation=(-90.0, 90.0, False), chunk=(1, 1 << 22, True))
 

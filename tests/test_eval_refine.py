@@ -51,9 +51,11 @@ def test_lrm_ref_moves_the_input_view_towards_the_image(evalset):
     assert e1 < 0.8 * e0, (e0, e1)
     from lrm.refine.loop import RefineConfig
 
-    assert p1.info["mc_level"] in RefineConfig().levels  # the refined mesh is cut at the silhouette-matched level
-    fixed = make_method("lrm+ref", steps=0, threshold=7.5, **SMALL)  # an explicit threshold wins
-    assert fixed.refine_config().level == "checkpoint"
+    matched = make_method("lrm+ref", steps=2, level="silhouette", **SMALL)
+    matched.setup(ctx)
+    assert matched.predict(obj, ctx).info["mc_level"] in RefineConfig().levels  # cut at the silhouette-matched level
+    fixed = make_method("lrm+ref", steps=0, threshold=7.5, **SMALL)  # an explicit threshold is the refined level
+    assert fixed.refine_config().level == 7.5
 
 
 def test_lrm_can_match_its_level_to_the_input_silhouette(evalset):
@@ -65,7 +67,7 @@ def test_lrm_can_match_its_level_to_the_input_silhouette(evalset):
     pred = m.predict(obj, ctx)
     assert pred.info["mc_level"] in (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
     assert 0.0 <= pred.info["level_iou"] <= 1.0
-    with pytest.raises(MethodError, match="level must be fixed or silhouette"):
+    with pytest.raises(MethodError, match="level must be checkpoint or silhouette"):
         make_method("lrm", config="tiny", level="auto", **SMALL).setup(ctx)
 
 

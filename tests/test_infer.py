@@ -189,16 +189,18 @@ def test_pipeline_uses_the_checkpoints_input_background(tmp_path):
     assert not torch.allclose(white.triplane, grey.triplane)
 
 
-def test_refine_matches_the_level_to_the_input_unless_a_threshold_is_given(ckpt, tmp_path):
-    """``infer.py --refine ref``: the refined mesh is cut at the silhouette-matched level (recorded), and an explicit
-    ``--mc-threshold`` fixes both meshes' level instead."""
-    from lrm.refine.loop import RefineConfig
+def test_refine_uses_the_checkpoints_refined_level_unless_a_threshold_is_given(ckpt, tmp_path):
+    """``infer.py --refine ref``: the refined mesh is cut at the checkpoint's ``infer.refined_mc_threshold`` (else its
+    mc_threshold), and an explicit ``--mc-threshold`` sets both meshes' level instead."""
+    from lrm.pipeline import Pipeline
 
     img = disc_png(tmp_path / "d.png")
     base = [str(img), "--checkpoint", str(ckpt), "--mc-resolution", "33", "--refine", "ref", "--refine-steps", "1"]
     assert infer.main(base + ["--out", str(tmp_path / "a")]) == 0
     info = json.loads((tmp_path / "a" / "d-refined-ref" / "refine.json").read_text())
-    assert info["mc_threshold"] == info["stats"]["level"] and info["mc_threshold"] in RefineConfig().levels
+    opts = Pipeline.from_pretrained(ckpt).opts
+    want = opts["refined_mc_threshold"] if opts["refined_mc_threshold"] is not None else opts["mc_threshold"]
+    assert info["mc_threshold"] == want
     assert infer.main(base + ["--out", str(tmp_path / "b"), "--mc-threshold", "5.5"]) == 0
     info = json.loads((tmp_path / "b" / "d-refined-ref" / "refine.json").read_text())
-    assert info["mc_threshold"] == 5.5 and "level" not in info["stats"]
+    assert info["mc_threshold"] == 5.5 == info["stats"]["level"]

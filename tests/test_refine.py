@@ -27,7 +27,7 @@ def duck():
 
 def test_ref_mode_lowers_the_reference_view_loss(duck):
     pipe, image, mask, tri = duck
-    cfg = RefineConfig(mode="ref", steps=8, lr=0.05, **FAST)
+    cfg = RefineConfig(mode="ref", steps=8, lr=0.05, level="silhouette", **FAST)
     before = evaluate_reference(pipe, tri, image, mask, cfg)
     res = refine(tri, pipe, image, None, cfg, mask=mask, progress=False)
     after = evaluate_reference(pipe, res.triplane, image, mask, cfg)
@@ -83,8 +83,9 @@ def test_bad_inputs_give_one_clear_error(duck, tmp_path):
         refine(tri, pipe, image, None, RefineConfig(mode="sds", **FAST), progress=False)
     with pytest.raises(RefineError, match="mode must be one of"):
         RefineConfig(mode="dreamfusion")
-    with pytest.raises(RefineError, match="level must be silhouette or checkpoint"):
+    with pytest.raises(RefineError, match="level must be checkpoint, silhouette or a number"):
         RefineConfig(level="auto")
+    assert RefineConfig(level="6").level == 6.0
     # a non-finite loss: steps are skipped (the triplane is not touched), then the run stops with one error
     bad = mask.copy()
     bad[0, 0] = np.nan
@@ -120,6 +121,10 @@ def test_cli_refines_an_infer_folder_into_a_new_folder(duck, tmp_path, capsys):
             "progress_0001.png", ".lrm-output.json"} <= names
     info = json.loads((out / "refine.json").read_text())
     assert info["mode"] == "ref" and info["stats"]["steps"] == 2 and info["faces"] > 0
+    o = pipe.opts
+    assert info["mc_threshold"] == (o["mc_threshold"] if o["refined_mc_threshold"] is None else o["refined_mc_threshold"])
+    assert main(args + ["--level", "silhouette", "--out", str(tmp_path / "sil")]) == 0
+    info = json.loads((tmp_path / "sil" / "refine.json").read_text())
     assert info["mc_threshold"] == info["stats"]["level"]  # the mesh is cut at the silhouette-matched level
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # the source folder is untouched
     assert main(args) == 0  # our own folder may be replaced

@@ -404,15 +404,15 @@ class LRMMethod(Method):
     (``lrm.stages.silhouette_level``) instead of the fixed ``threshold``; the level is recorded as ``mc_level``."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
-                "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "fixed"}
+                "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "checkpoint"}
 
     def setup(self, ctx):
         import torch
 
         torch.manual_seed(ctx.seed)
         p = self.params
-        if p["level"] not in ("fixed", "silhouette"):
-            raise MethodError(f"{self.name}: level must be fixed or silhouette, got {p['level']!r}")
+        if p["level"] not in ("checkpoint", "silhouette"):
+            raise MethodError(f"{self.name}: level must be checkpoint or silhouette, got {p['level']!r}")
         self.pipeline = None
         if p["config"]:
             from ..config import load_config
@@ -677,14 +677,14 @@ class RefinedLRM(LRMMethod):
     (a prior folder: the project's tiny prior or a Zero-1-to-3 diffusers folder; default checkpoints/zero123-mv-tiny, views denoised jointly),
     ``steps``, ``guidance`` (CFG scale), ``t_max`` (upper end of the t range at the start, annealed to
     ``t_max_end`` over the run), ``w_sds``, ``lr``, ``pixel_plane`` (fixed | optimise: whether a pixel-plane scene's
-    fourth plane is refined too), ``level`` (silhouette (default) | fixed: the refined mesh's density level is matched
-    to the input's alpha, ``RefineConfig.level``, unless ``threshold`` is given or ``level=fixed``); seconds include
-    the feed-forward pass."""
+    fourth plane is refined too), ``level`` (checkpoint (default): the refined mesh is cut at the checkpoint's
+    ``infer.refined_mc_threshold``, else its ``mc_threshold``; silhouette: matched to the input's alpha; an explicit
+    ``threshold`` is used as given; ``RefineConfig.level``); seconds include the feed-forward pass."""
 
     mode = "sds"
     defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
                 "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed",
-                "level": "silhouette"}
+                "level": "checkpoint"}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -707,10 +707,10 @@ class RefinedLRM(LRMMethod):
         p = self.params
         sds = {"guidance_scale": float(p["guidance"]), "t_range_start": (0.02, float(p["t_max"])),
                "t_range_end": (0.02, min(float(p["t_max"]), float(p["t_max_end"])))}
-        matched = p["level"] == "silhouette" and "threshold" not in self.explicit
+        level = float(p["threshold"]) if "threshold" in self.explicit else p["level"]
         return RefineConfig(mode=self.mode, steps=int(p["steps"]), w_sds=float(p["w_sds"]), lr=float(p["lr"]),
                             n_views=int(p["n_views"]), pixel_plane=str(p["pixel_plane"]), seed=0, save_every=0, sds=sds,
-                            level="silhouette" if matched else "checkpoint")
+                            level=level)
 
     def predict(self, obj, ctx):
         from ..refine.loop import RefineError, refine

@@ -32,9 +32,9 @@ def parse_args(argv=None):
     p.add_argument("--format", default="glb", choices=["glb", "obj", "ply"])
     p.add_argument("--orientation", default="viewer", choices=["viewer", "canonical"])
     p.add_argument("--mc-resolution", type=int, default=None)
-    p.add_argument("--level", default=None, choices=["silhouette", "checkpoint"],
-                   help="the mesh's density level: matched to the input mask's silhouette (default) or the "
-                        "checkpoint's infer.mc_threshold")
+    p.add_argument("--level", default=None,
+                   help="the refined mesh's density level: checkpoint (default: its infer.refined_mc_threshold, else "
+                        "infer.mc_threshold), a number, or silhouette (matched to the input mask)")
     p.add_argument("--video", action="store_true")
     p.add_argument("--video-format", default="mp4", choices=["mp4", "gif"])
     p.add_argument("--device", default="cpu")

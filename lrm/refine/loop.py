@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -69,10 +69,12 @@ class RefineConfig:
     # a scene with a pixel plane (model.pixel_plane): "fixed" keeps that plane (the input image's features) as the LRM
     # made it and optimises the three 3D planes; "optimise" lets the losses change it too
     pixel_plane: str = "fixed"
-    # the mesh's density level after refinement: "silhouette" picks, among ``levels``, the one whose silhouette from
-    # the input camera best matches the input mask (lrm.stages.silhouette_level; refined fields are often best cut
-    # at another level than the feed-forward one); "checkpoint" keeps the checkpoint's infer.mc_threshold
-    level: str = "silhouette"
+    # the mesh's density level after refinement (refined fields are best cut at another level than feed-forward ones):
+    # "checkpoint": the checkpoint's infer.refined_mc_threshold (chosen on val with `lrm.training.validation
+    # --refine-steps`), else its infer.mc_threshold; a number: that level; "silhouette": among ``levels``, the one
+    # whose silhouette from the input camera best matches the input mask (lrm.stages.silhouette_level; it tends to
+    # pick the lowest levels, docs/evaluation.md)
+    level: Union[str, float] = "checkpoint"
     levels: Tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
     level_resolution: int = 64  # input-camera rays for the silhouette (per side)
     max_skips: int = 10
@@ -100,7 +102,12 @@ class RefineConfig:
             raise RefineError(f"refine pixel_plane must be fixed or optimise, got {self.pixel_plane!r}")
         self.levels = tuple(float(v) for v in self.levels)
         if self.level not in ("silhouette", "checkpoint"):
-            raise RefineError(f"refine level must be silhouette or checkpoint, got {self.level!r}")
+            try:
+                self.level = float(self.level)
+            except (TypeError, ValueError):
+                raise RefineError(f"refine level must be checkpoint, silhouette or a number, got {self.level!r}") from None
+            if not math.isfinite(self.level):
+                raise RefineError(f"refine level must be finite, got {self.level}")
         if self.level == "silhouette" and (not self.levels or min(self.levels) <= 0):
             raise RefineError(f"refine levels must be positive densities, got {self.levels}")
 
@@ -115,7 +122,7 @@ class RefineResult:
     decoder: Optional[torch.nn.Module]  # the optimised decoder copy, or None when the decoder was not optimised
     history: List[Dict[str, float]]  # per step: every loss term (unweighted), total, resolution
     stats: Dict[str, float]  # seconds, steps, skipped, renders, prior_calls, steps_per_s (+ level, level_iou)
-    level: Optional[float] = None  # the mesh's density level (cfg.level "silhouette"); None: the checkpoint's
+    level: Optional[float] = None  # the refined mesh's density level; None: the pipeline's mc_threshold
 
 
 def resolution_at(cfg: RefineConfig, step: int) -> int:
@@ -356,6 +363,13 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
         t1 = time.perf_counter()
         level, ious = mask_matched_level(with_decoder(lrm, decoder), tri.detach(), msk[0, 0], ref_c2w[0], intr, cfg)
         stats.update(level=level, level_iou=ious[level], level_seconds=time.perf_counter() - t1)
+    elif cfg.level == "checkpoint":
+        opts = getattr(model, "opts", None) or {}
+        level = None if opts.get("refined_mc_threshold") is None else float(opts["refined_mc_threshold"])
+    else:
+        level = float(cfg.level)
+    if level is not None:
+        stats["level"] = level
     return RefineResult(triplane=tri.detach().cpu(), decoder=decoder.requires_grad_(False).cpu() if train_decoder else None,
                         history=history, stats=stats, level=level)
 
