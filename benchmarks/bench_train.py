@@ -7,6 +7,8 @@
     python benchmarks/bench_train.py --configs small --proc-steps 0 --rounds 2 \
         --variants 'fp32:' 'bf16:train.mixed_precision=bf16' \
         'bf16+recompute:train.mixed_precision=bf16,model.decoder.recompute=true'   # side by side, interleaved
+    python benchmarks/bench_train.py --configs small --proc-steps 0 --peer-openlrm /tmp/openlrm_src
+        # + OpenLRM's own step at (a) in each round, right after ours (benchmarks/peer_openlrm.py)
 
 Each measurement runs in its own process (clean peak RSS). ``small`` is set to reference configuration (a):
 224² input, ViT 384x6, transformer 512x6, 3x32x64² planes, 48+48 samples, 2 supervised views x 64x64 rays,
@@ -181,8 +183,31 @@ def merge_rounds(rs):
     out["s_per_step"] = statistics.median(r["s_per_step"] for r in rs)
     out["forward_s"] = statistics.median(r["forward_s"] for r in rs)
     out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rs)
-    out["rounds"] = [{k: r[k] for k in ("s_per_step", "forward_s", "peak_rss_gb")} for r in rs]
+    out["rounds"] = [{k: r.get(k) for k in ("round", "s_per_step", "forward_s", "peak_rss_gb")} for r in rs]
     return out
+
+
+def same_window_ratio(ours_rounds, peer_rounds, key: str):
+    """Median over rounds of ours[key] / peer[key], pairing each round with the peer's run of the same round (so a
+    load change between rounds cancels); None when no round has both."""
+    peer = {r["round"]: r[key] for r in peer_rounds if r.get("round") is not None and r[key]}
+    ratios = [r[key] / peer[r["round"]] for r in ours_rounds if r.get("round") in peer]
+    return statistics.median(ratios) if ratios else None
+
+
+def ratio_cell(x) -> str:
+    """A table cell for a ratio: '0.93x', or '-' when there is none."""
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _peer_module():
+    """benchmarks/peer_openlrm.py, imported only when --peer-openlrm is given."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("peer_openlrm", Path(__file__).with_name("peer_openlrm.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main():
@@ -201,16 +226,30 @@ def main():
                    help="settings compared side by side (each config runs once per variant per round), e.g. "
                         "'fp32:' 'bf16:train.mixed_precision=bf16'")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the variants (medians reported)")
+    p.add_argument("--peer-openlrm", default=None, metavar="DIR",
+                   help="an OpenLRM checkout: in each round also run its own training step at (a) right after "
+                        "config small (benchmarks/peer_openlrm.py) and print our rows relative to it")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = p.parse_args()
     if a.one:
         print("RESULT " + json.dumps(measure_step(a.one, a.steps, a.threads, a.overrides, a.warmup, a.profile)))
         return
+    peer = None
+    if a.peer_openlrm:
+        if "small" not in a.configs:
+            print("error: --peer-openlrm compares with config small; add small to --configs", file=sys.stderr)
+            sys.exit(2)
+        peer = _peer_module()
+        try:
+            peer.check_import(a.peer_openlrm)
+        except peer.PeerError as e:
+            print(f"error: --peer-openlrm: {e}", file=sys.stderr)
+            sys.exit(2)
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at start; torch threads {a.threads}, fp32")
     variants = parse_variants(a.variants)
-    runs = {}
-    for _ in range(max(a.rounds, 1)):
+    runs, peer_runs = {}, []
+    for k in range(max(a.rounds, 1)):
         for name in a.configs:
             for label, extra in variants:
                 r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
@@ -220,19 +259,31 @@ def main():
                 if r.returncode or not line:
                     print(f"{name} {label}: failed\n{r.stderr[-2000:]}")
                     continue
-                runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label})
+                runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label, "round": k})
+            if peer is not None and name == "small":  # same window as our variants of this round
+                try:
+                    peer_runs.append({**peer.run_peer(a.peer_openlrm, a.steps, a.warmup, a.threads), "round": k})
+                except peer.PeerError as e:
+                    print(f"openlrm (peer): failed\n{e}")
     results = [merge_rounds(rs) for rs in runs.values()]
+    peer_result = merge_rounds(peer_runs) if peer_runs else None
     print("\n| config | variant | precision | params | s/step (median) | forward s | peak RSS | "
-          "reference s/step | reference RSS | time vs first variant | RSS vs first variant |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "reference s/step | reference RSS | time vs first variant | RSS vs first variant | "
+          "time vs OpenLRM (same rounds) | RSS vs OpenLRM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first = {}
-    for r in results:
+    for r in results + ([peer_result] if peer_result else []):
         ref = REFERENCE.get(r["config"], {})
-        f = first.setdefault(r["config"], r)
+        is_peer = r is peer_result
+        f = r if is_peer else first.setdefault(r["config"], r)
+        vs_peer = ["-", "-"]
+        if peer_result is not None and r["config"] == peer_result["config"]:
+            vs_peer = [ratio_cell(same_window_ratio(r["rounds"], peer_result["rounds"], key))
+                       for key in ("s_per_step", "peak_rss_gb")]
         print(f"| {r['config']} | {r['variant']} | {r['mixed_precision']} | {r['params_m']:.1f} M | "
               f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
-              f"{ref.get('peak_rss_gb', '-')} GB | {r['s_per_step'] / f['s_per_step']:.2f}x | "
-              f"{r['peak_rss_gb'] / f['peak_rss_gb']:.2f}x |")
+              f"{ref.get('peak_rss_gb', '-')} GB | {'-' if is_peer else ratio_cell(r['s_per_step'] / f['s_per_step'])} | "
+              f"{'-' if is_peer else ratio_cell(r['peak_rss_gb'] / f['peak_rss_gb'])} | {vs_peer[0]} | {vs_peer[1]} |")
     for r in results:
         if "profile" in r:
             pr = r["profile"]
@@ -252,7 +303,7 @@ def main():
             print(f"| {r['world']} | {r['threads_per_proc']} | {r['s_per_step']:.3f} | {r['objects_per_s']:.2f} |")
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"steps": results, "procs": procs}, indent=1))
+        Path(a.json).write_text(json.dumps({"steps": results, "procs": procs, "peer_openlrm": peer_result}, indent=1))
 
 
 if __name__ == "__main__":
