@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 # Reference figures (OpenLRM's own trainer on this kind of machine, 2 threads, fp32): shared/reference-figures.md
 REFERENCE = {"small": {"s_per_step": 9.70, "peak_rss_gb": 3.93}}
+PEER_CONFIG = "small"  # the config OpenLRM's own step (benchmarks/peer_openlrm.py) is measured beside
 
 STEP_OVERRIDES = {
     "tiny": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
@@ -92,7 +93,7 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def one(i):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with autocast():
             terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
         t1 = time.perf_counter()
@@ -100,17 +101,18 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return t1 - t0, time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t0, time.process_time() - c0
 
-    times, fwd = [], []
+    times, fwd, cpu = [], [], []
     for i in range(steps + warmup):
-        f, t = one(i)
+        f, t, c = one(i)
         if i >= warmup:  # the first steps warm allocators and caches
             times.append(t)
             fwd.append(f)
+            cpu.append(c)
     n_params = sum(p.numel() for p in model.parameters())
     out = {"config": name, "params_m": n_params / 1e6, "s_per_step": statistics.median(times),
-           "forward_s": statistics.median(fwd), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
+           "forward_s": statistics.median(fwd), "cpu_s_per_step": statistics.median(cpu), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
            "threads": threads, "steps": steps, "warmup": warmup, "mixed_precision": "bf16" if bf16 else "no",
            "extra": list(extra)}
     if profile:  # one more step: forward time per stage (hooks) and the top operators (forward + backward)
@@ -119,7 +121,7 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
 
         acc, remove = module_timers(model)
         with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            f, t = one(steps + warmup)
+            f, t, _ = one(steps + warmup)
         remove()
         out["profile"] = {"step_s": t, "forward_s": f, "stages_forward_s": {k: v[0] for k, v in acc.items()},
                           "decoder_calls": acc.get("decoder", [0, 0])[1],
@@ -183,15 +185,18 @@ def merge_rounds(rs):
     out["s_per_step"] = statistics.median(r["s_per_step"] for r in rs)
     out["forward_s"] = statistics.median(r["forward_s"] for r in rs)
     out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rs)
-    out["rounds"] = [{k: r.get(k) for k in ("round", "s_per_step", "forward_s", "peak_rss_gb")} for r in rs]
+    if all("cpu_s_per_step" in r for r in rs):
+        out["cpu_s_per_step"] = statistics.median(r["cpu_s_per_step"] for r in rs)
+    out["rounds"] = [{k: r.get(k) for k in ("round", "s_per_step", "forward_s", "cpu_s_per_step", "peak_rss_gb")}
+                     for r in rs]
     return out
 
 
 def same_window_ratio(ours_rounds, peer_rounds, key: str):
     """Median over rounds of ours[key] / peer[key], pairing each round with the peer's run of the same round (so a
     load change between rounds cancels); None when no round has both."""
-    peer = {r["round"]: r[key] for r in peer_rounds if r.get("round") is not None and r[key]}
-    ratios = [r[key] / peer[r["round"]] for r in ours_rounds if r.get("round") in peer]
+    peer = {r["round"]: r[key] for r in peer_rounds if r.get("round") is not None and r.get(key)}
+    ratios = [r[key] / peer[r["round"]] for r in ours_rounds if r.get("round") in peer and r.get(key) is not None]
     return statistics.median(ratios) if ratios else None
 
 
@@ -236,8 +241,8 @@ def main():
         return
     peer = None
     if a.peer_openlrm:
-        if "small" not in a.configs:
-            print("error: --peer-openlrm compares with config small; add small to --configs", file=sys.stderr)
+        if PEER_CONFIG not in a.configs:
+            print(f"error: --peer-openlrm compares with config {PEER_CONFIG}; add it to --configs", file=sys.stderr)
             sys.exit(2)
         peer = _peer_module()
         try:
@@ -260,30 +265,32 @@ def main():
                     print(f"{name} {label}: failed\n{r.stderr[-2000:]}")
                     continue
                 runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label, "round": k})
-            if peer is not None and name == "small":  # same window as our variants of this round
+            if peer is not None and name == PEER_CONFIG:  # same window as our variants of this round
                 try:
                     peer_runs.append({**peer.run_peer(a.peer_openlrm, a.steps, a.warmup, a.threads), "round": k})
                 except peer.PeerError as e:
                     print(f"openlrm (peer): failed\n{e}")
     results = [merge_rounds(rs) for rs in runs.values()]
     peer_result = merge_rounds(peer_runs) if peer_runs else None
-    print("\n| config | variant | precision | params | s/step (median) | forward s | peak RSS | "
+    print("\n| config | variant | precision | params | s/step (median) | forward s | CPU s/step | peak RSS | "
           "reference s/step | reference RSS | time vs first variant | RSS vs first variant | "
-          "time vs OpenLRM (same rounds) | RSS vs OpenLRM |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "time vs OpenLRM (same rounds) | CPU time vs OpenLRM | RSS vs OpenLRM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first = {}
     for r in results + ([peer_result] if peer_result else []):
         ref = REFERENCE.get(r["config"], {})
         is_peer = r is peer_result
         f = r if is_peer else first.setdefault(r["config"], r)
-        vs_peer = ["-", "-"]
+        vs_peer = ["-", "-", "-"]
         if peer_result is not None and r["config"] == peer_result["config"]:
             vs_peer = [ratio_cell(same_window_ratio(r["rounds"], peer_result["rounds"], key))
-                       for key in ("s_per_step", "peak_rss_gb")]
+                       for key in ("s_per_step", "cpu_s_per_step", "peak_rss_gb")]
+        cpu = f"{r['cpu_s_per_step']:.2f}" if "cpu_s_per_step" in r else "-"
         print(f"| {r['config']} | {r['variant']} | {r['mixed_precision']} | {r['params_m']:.1f} M | "
-              f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
-              f"{ref.get('peak_rss_gb', '-')} GB | {'-' if is_peer else ratio_cell(r['s_per_step'] / f['s_per_step'])} | "
-              f"{'-' if is_peer else ratio_cell(r['peak_rss_gb'] / f['peak_rss_gb'])} | {vs_peer[0]} | {vs_peer[1]} |")
+              f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {cpu} | {r['peak_rss_gb']:.2f} GB | "
+              f"{ref.get('s_per_step', '-')} | {ref.get('peak_rss_gb', '-')} GB | "
+              f"{'-' if is_peer else ratio_cell(r['s_per_step'] / f['s_per_step'])} | "
+              f"{'-' if is_peer else ratio_cell(r['peak_rss_gb'] / f['peak_rss_gb'])} | {' | '.join(vs_peer)} |")
     for r in results:
         if "profile" in r:
             pr = r["profile"]

@@ -5,7 +5,8 @@
 
 DIR is a checkout of OpenLRM (https://github.com/3DTopia/OpenLRM, measured at 3108b69); its modules are imported
 from there at run time, nothing of it lives in this repository. Prints one line ``RESULT {json}`` with the keys of
-bench_train.py's measure_step that apply (s_per_step, forward_s, peak_rss_gb, params_m, config, ...). The
+bench_train.py's measure_step that apply (s_per_step, forward_s, cpu_s_per_step, peak_rss_gb, params_m, config,
+...); cpu_s_per_step is process CPU seconds (all threads), which a busy machine inflates far less than wall time. The
 measurement runs in its own subprocess so its peak RSS is its own.
 
 What is built (shared/reference-figures.md, configuration (a)), all with OpenLRM's classes:
@@ -163,7 +164,7 @@ def measure(openlrm_dir: Path, steps: int, warmup: int, threads: int, vit_depth:
     rss_before = rss()
 
     def one():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(image=data["source_image"], source_camera=data["source_camera"],
                     render_cameras=data["render_camera"], render_anchors=data["render_anchors"],
                     render_resolutions=data["render_full_resolutions"], render_bg_colors=data["render_bg_colors"],
@@ -177,17 +178,20 @@ def measure(openlrm_dir: Path, steps: int, warmup: int, threads: int, vit_depth:
         opt.zero_grad()
         if not torch.isfinite(loss):
             raise PeerError(f"OpenLRM step gave a non-finite loss ({loss.item()})")
-        return t1 - t0, time.perf_counter() - t0, tuple(out["images_rgb"].shape), tuple(out["planes"].shape)
+        return (t1 - t0, time.perf_counter() - t0, time.process_time() - c0, tuple(out["images_rgb"].shape),
+                tuple(out["planes"].shape))
 
-    times, fwd = [], []
+    times, fwd, cpu = [], [], []
     for i in range(steps + warmup):
-        f, s, rgb_shape, plane_shape = one()
+        f, s, c, rgb_shape, plane_shape = one()
         if i >= warmup:
             times.append(s)
             fwd.append(f)
+            cpu.append(c)
     enc = model.encoder.model
     return {"config": "small", "variant": "openlrm (peer)", "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "s_per_step": statistics.median(times), "forward_s": statistics.median(fwd),
+            "cpu_s_per_step": statistics.median(cpu),
             "peak_rss_gb": rss(), "rss_after_build_gb": rss_before, "threads": threads, "steps": steps,
             "warmup": warmup, "mixed_precision": "no", "extra": [], "compile": compile_,
             "built": {"vit_depth": len(enc.blocks), "vit_dim": enc.embed_dim, "register_tokens": enc.num_register_tokens,

@@ -58,7 +58,7 @@ def test_check_dir_wants_an_openlrm_checkout(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--configs", "small", "--peer-openlrm", "{missing}"], "not a directory"),
     (["--configs", "small", "--peer-openlrm", "{tmp}"], "not an OpenLRM checkout"),
-    (["--configs", "tiny", "--peer-openlrm", "{tmp}"], "add small to --configs"),
+    (["--configs", "tiny", "--peer-openlrm", "{tmp}"], "add it to --configs"),
 ])
 def test_bench_train_refuses_a_bad_peer_before_measuring(tmp_path, args, message):
     args = [x.format(missing=tmp_path / "missing", tmp=tmp_path) for x in args]
