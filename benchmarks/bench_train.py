@@ -7,6 +7,8 @@
     python benchmarks/bench_train.py --configs small --proc-steps 0 --rounds 2 \
         --variants 'fp32:' 'bf16:train.mixed_precision=bf16' \
         'bf16+ckpt:train.mixed_precision=bf16,train.render.checkpoint_rays=1024'   # side by side, interleaved
+    python benchmarks/bench_train.py --configs small --proc-steps 0 --peer-openlrm /tmp/openlrm_src
+        # + OpenLRM's own step at (a) in each round, right after ours (benchmarks/peer_openlrm.py)
 
 Each measurement runs in its own process (clean peak RSS). ``small`` is set to reference configuration (a):
 224² input, ViT 384x6, transformer 512x6, 3x32x64² planes, 48+48 samples, 2 supervised views x 64x64 rays,
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 # Reference figures (OpenLRM's own trainer on this kind of machine, 2 threads, fp32): shared/reference-figures.md
 REFERENCE = {"small": {"s_per_step": 9.70, "peak_rss_gb": 3.93}}
+PEER_CONFIG = "small"  # the config OpenLRM's own step (benchmarks/peer_openlrm.py) is measured beside
 
 STEP_OVERRIDES = {
     "tiny": ["data.source=synthetic", "train.batch_size=1", "data.image_size=64", "data.num_views_target=2",
@@ -90,7 +93,7 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def one(i):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with autocast():
             terms = step_losses(step, batch, cfg.train, _step_generator(0, i, 0, 0, "cpu"))
         t1 = time.perf_counter()
@@ -98,17 +101,18 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return t1 - t0, time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t0, time.process_time() - c0
 
-    times, fwd = [], []
+    times, fwd, cpu = [], [], []
     for i in range(steps + warmup):
-        f, t = one(i)
+        f, t, c = one(i)
         if i >= warmup:  # the first steps warm allocators and caches
             times.append(t)
             fwd.append(f)
+            cpu.append(c)
     n_params = sum(p.numel() for p in model.parameters())
     out = {"config": name, "params_m": n_params / 1e6, "s_per_step": statistics.median(times),
-           "forward_s": statistics.median(fwd), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
+           "forward_s": statistics.median(fwd), "cpu_s_per_step": statistics.median(cpu), "peak_rss_gb": _rss_gb(), "rss_after_build_gb": rss_before,
            "threads": threads, "steps": steps, "warmup": warmup, "mixed_precision": "bf16" if bf16 else "no",
            "extra": list(extra)}
     if profile:  # one more step: forward time per stage (hooks) and the top operators (forward + backward)
@@ -117,7 +121,7 @@ def measure_step(name: str, steps: int, threads: int, extra, warmup: int = 1, pr
 
         acc, remove = module_timers(model)
         with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            f, t = one(steps + warmup)
+            f, t, _ = one(steps + warmup)
         remove()
         out["profile"] = {"step_s": t, "forward_s": f, "stages_forward_s": {k: v[0] for k, v in acc.items()},
                           "decoder_calls": acc.get("decoder", [0, 0])[1],
@@ -181,8 +185,34 @@ def merge_rounds(rs):
     out["s_per_step"] = statistics.median(r["s_per_step"] for r in rs)
     out["forward_s"] = statistics.median(r["forward_s"] for r in rs)
     out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rs)
-    out["rounds"] = [{k: r[k] for k in ("s_per_step", "forward_s", "peak_rss_gb")} for r in rs]
+    if all("cpu_s_per_step" in r for r in rs):
+        out["cpu_s_per_step"] = statistics.median(r["cpu_s_per_step"] for r in rs)
+    out["rounds"] = [{k: r.get(k) for k in ("round", "s_per_step", "forward_s", "cpu_s_per_step", "peak_rss_gb")}
+                     for r in rs]
     return out
+
+
+def same_window_ratio(ours_rounds, peer_rounds, key: str):
+    """Median over rounds of ours[key] / peer[key], pairing each round with the peer's run of the same round (so a
+    load change between rounds cancels); None when no round has both."""
+    peer = {r["round"]: r[key] for r in peer_rounds if r.get("round") is not None and r.get(key)}
+    ratios = [r[key] / peer[r["round"]] for r in ours_rounds if r.get("round") in peer and r.get(key) is not None]
+    return statistics.median(ratios) if ratios else None
+
+
+def ratio_cell(x) -> str:
+    """A table cell for a ratio: '0.93x', or '-' when there is none."""
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _peer_module():
+    """benchmarks/peer_openlrm.py, imported only when --peer-openlrm is given."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("peer_openlrm", Path(__file__).with_name("peer_openlrm.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main():
@@ -201,16 +231,30 @@ def main():
                    help="settings compared side by side (each config runs once per variant per round), e.g. "
                         "'fp32:' 'bf16:train.mixed_precision=bf16'")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the variants (medians reported)")
+    p.add_argument("--peer-openlrm", default=None, metavar="DIR",
+                   help="an OpenLRM checkout: in each round also run its own training step at (a) right after "
+                        "config small (benchmarks/peer_openlrm.py) and print our rows relative to it")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     a = p.parse_args()
     if a.one:
         print("RESULT " + json.dumps(measure_step(a.one, a.steps, a.threads, a.overrides, a.warmup, a.profile)))
         return
+    peer = None
+    if a.peer_openlrm:
+        if PEER_CONFIG not in a.configs:
+            print(f"error: --peer-openlrm compares with config {PEER_CONFIG}; add it to --configs", file=sys.stderr)
+            sys.exit(2)
+        peer = _peer_module()
+        try:
+            peer.check_import(a.peer_openlrm)
+        except peer.PeerError as e:
+            print(f"error: --peer-openlrm: {e}", file=sys.stderr)
+            sys.exit(2)
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at start; torch threads {a.threads}, fp32")
     variants = parse_variants(a.variants)
-    runs = {}
-    for _ in range(max(a.rounds, 1)):
+    runs, peer_runs = {}, []
+    for k in range(max(a.rounds, 1)):
         for name in a.configs:
             for label, extra in variants:
                 r = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--threads",
@@ -220,19 +264,33 @@ def main():
                 if r.returncode or not line:
                     print(f"{name} {label}: failed\n{r.stderr[-2000:]}")
                     continue
-                runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label})
+                runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label, "round": k})
+            if peer is not None and name == PEER_CONFIG:  # same window as our variants of this round
+                try:
+                    peer_runs.append({**peer.run_peer(a.peer_openlrm, a.steps, a.warmup, a.threads), "round": k})
+                except peer.PeerError as e:
+                    print(f"openlrm (peer): failed\n{e}")
     results = [merge_rounds(rs) for rs in runs.values()]
-    print("\n| config | variant | precision | params | s/step (median) | forward s | peak RSS | "
-          "reference s/step | reference RSS | time vs first variant | RSS vs first variant |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    peer_result = merge_rounds(peer_runs) if peer_runs else None
+    print("\n| config | variant | precision | params | s/step (median) | forward s | CPU s/step | peak RSS | "
+          "reference s/step | reference RSS | time vs first variant | RSS vs first variant | "
+          "time vs OpenLRM (same rounds) | CPU time vs OpenLRM | RSS vs OpenLRM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first = {}
-    for r in results:
+    for r in results + ([peer_result] if peer_result else []):
         ref = REFERENCE.get(r["config"], {})
-        f = first.setdefault(r["config"], r)
+        is_peer = r is peer_result
+        f = r if is_peer else first.setdefault(r["config"], r)
+        vs_peer = ["-", "-", "-"]
+        if peer_result is not None and r["config"] == peer_result["config"]:
+            vs_peer = [ratio_cell(same_window_ratio(r["rounds"], peer_result["rounds"], key))
+                       for key in ("s_per_step", "cpu_s_per_step", "peak_rss_gb")]
+        cpu = f"{r['cpu_s_per_step']:.2f}" if "cpu_s_per_step" in r else "-"
         print(f"| {r['config']} | {r['variant']} | {r['mixed_precision']} | {r['params_m']:.1f} M | "
-              f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_gb']:.2f} GB | {ref.get('s_per_step', '-')} | "
-              f"{ref.get('peak_rss_gb', '-')} GB | {r['s_per_step'] / f['s_per_step']:.2f}x | "
-              f"{r['peak_rss_gb'] / f['peak_rss_gb']:.2f}x |")
+              f"{r['s_per_step']:.2f} | {r['forward_s']:.2f} | {cpu} | {r['peak_rss_gb']:.2f} GB | "
+              f"{ref.get('s_per_step', '-')} | {ref.get('peak_rss_gb', '-')} GB | "
+              f"{'-' if is_peer else ratio_cell(r['s_per_step'] / f['s_per_step'])} | "
+              f"{'-' if is_peer else ratio_cell(r['peak_rss_gb'] / f['peak_rss_gb'])} | {' | '.join(vs_peer)} |")
     for r in results:
         if "profile" in r:
             pr = r["profile"]
@@ -252,7 +310,7 @@ def main():
             print(f"| {r['world']} | {r['threads_per_proc']} | {r['s_per_step']:.3f} | {r['objects_per_s']:.2f} |")
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"steps": results, "procs": procs}, indent=1))
+        Path(a.json).write_text(json.dumps({"steps": results, "procs": procs, "peer_openlrm": peer_result}, indent=1))
 
 
 if __name__ == "__main__":
