@@ -231,6 +231,8 @@ def main():
                    help="settings compared side by side (each config runs once per variant per round), e.g. "
                         "'fp32:' 'bf16:train.mixed_precision=bf16'")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the variants (medians reported)")
+    p.add_argument("--peer-camera-embed-dim", type=int, default=1024,
+                   help="OpenLRM's camera_embed_dim for the peer (its train-sample.yaml: 1024; ours at (a): 512)")
     p.add_argument("--peer-openlrm", default=None, metavar="DIR",
                    help="an OpenLRM checkout: in each round also run its own training step at (a) right after "
                         "config small (benchmarks/peer_openlrm.py) and print our rows relative to it")
@@ -267,7 +269,9 @@ def main():
                 runs.setdefault((name, label), []).append({**json.loads(line[0][7:]), "variant": label, "round": k})
             if peer is not None and name == PEER_CONFIG:  # same window as our variants of this round
                 try:
-                    peer_runs.append({**peer.run_peer(a.peer_openlrm, a.steps, a.warmup, a.threads), "round": k})
+                    peer_runs.append({**peer.run_peer(a.peer_openlrm, a.steps, a.warmup, a.threads,
+                                                      ["--camera-embed-dim", str(a.peer_camera_embed_dim)]),
+                                      "round": k})
                 except peer.PeerError as e:
                     print(f"openlrm (peer): failed\n{e}")
     results = [merge_rounds(rs) for rs in runs.values()]
