@@ -105,6 +105,10 @@ class PixelPlaneConfig:
     hidden: int = 32  # channels of the conv over the input image
     distance: float = CANONICAL_DISTANCE  # the canonical input camera the plane lives on
     fov_deg: float = CANONICAL_FOV_DEG
+    # > 0: the pixel features' input to the decoder's first layer is gated per hidden unit by a linear map of this many
+    # sine/cosine bands of the point's depth offset (zero-initialised: the gate starts at 1), so a pixel's features can
+    # act at some depths along its ray and not others instead of the same at every depth
+    depth_bands: int = 0
 
 
 @dataclass

@@ -159,3 +159,41 @@ def test_refinement_keeps_the_pixel_plane_fixed_unless_asked():
     assert torch.equal(fixed[:, 3], tri[:, 3]) and not torch.equal(fixed[:, :3], tri[:, :3])
     moved = refine(tri, m, image, None, RefineConfig(**fast, pixel_plane="optimise"), mask=mask, progress=False).triplane
     assert not torch.equal(moved[:, 3], tri[:, 3])
+
+
+def test_depth_bands_gate_starts_as_the_ungated_model_and_makes_the_pixel_term_depth_dependent():
+    """``model.pixel_plane.depth_bands``: the bands are sin/cos of 2^k·π·d; a pixel-plane checkpoint without the gate
+    loads with the gate fresh and the field unchanged bit for bit; a non-zero gate gives two points on one input ray
+    different pixel terms, where the ungated term differs only through the depth channel."""
+    import math
+
+    from lrm.models.decoder import depth_bands
+
+    d = torch.tensor([0.0, 0.25, -0.5])
+    b = depth_bands(d, 2)
+    want = torch.stack([torch.sin(math.pi * d), torch.sin(2 * math.pi * d), torch.cos(math.pi * d),
+                        torch.cos(2 * math.pi * d)], -1)
+    assert torch.allclose(b, want, atol=1e-6)
+
+    old = small_model(*PIXEL, seed=0)
+    with torch.no_grad():
+        old.decoder.pixel_in.weight.normal_(0, 0.3)  # a trained pixel input
+    new = small_model(*PIXEL, "model.pixel_plane.depth_bands=3", seed=5)
+    fresh = load_init_weights(new, dict(old.state_dict()), "old")
+    assert fresh == ["decoder.pixel_gate."]
+    img, cam = torch.rand(1, 1, 3, 32, 32), canonical_vector()[:, None]
+    pts = (torch.rand(1, 200, 3) * 2 - 1) * 0.8
+    with torch.no_grad():
+        t = old(img, cam)
+        assert torch.equal(new(img, cam), t)
+        assert torch.equal(old.query(t, pts)["raw"], new.query(t, pts)["raw"])
+        # two depths on the ray through one pixel: same plane features, different depth channel
+        f = torch.randn(1, 1, 6).expand(1, 2, 6)
+        pix = torch.cat([f, torch.tensor([[[0.1], [0.6]]])], -1)
+        ungated = new.decoder.pixel_input(pix)
+        new.decoder.pixel_gate.weight.normal_(0, 1.0)
+        gated = new.decoder.pixel_input(pix)
+    lin = new.decoder.pixel_in
+    assert torch.allclose(ungated[0, 1] - ungated[0, 0], lin.weight[:, -1] * 0.5, atol=1e-6)  # affine in depth
+    gate = 1 + new.decoder.pixel_gate(depth_bands(pix[..., -1], 3))
+    assert torch.allclose(gated, ungated * gate, atol=1e-6) and not torch.allclose(gate[0, 0], gate[0, 1])

@@ -9,7 +9,8 @@ cell centres at (2i+1)/W - 1) and zero padding outside. The three C-channel feat
 Pixel plane (``model.pixel_plane``, lrm/models/pixel_plane.py): the scene is [B, 4, C, H, W]; plane 3 is sampled
 at the point's projection into the canonical input camera and, with the point's depth offset along that camera,
 enters the first layer through its own linear map (``pixel_in``, zero-initialised: a model warm-started from a
-three-plane checkpoint begins as that checkpoint).
+three-plane checkpoint begins as that checkpoint). With ``depth_bands`` K > 0 that input is multiplied per hidden unit
+by 1 + ``pixel_gate``(sin/cos of 2^k·π·depth offset, k < K), a linear map that starts at zero (:func:`depth_bands`).
 
 MLP: Linear -> act, (hidden_layers - 1) x [Linear -> act], Linear -> 4. Channel 0 is raw density, made
 non-negative by ``density_activation`` applied to ``raw + density_bias`` (exp, trunc_exp: exp with its
@@ -18,6 +19,7 @@ gradient clamped, softplus, relu); channels 1..3 go through a sigmoid to RGB in 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn as nn
@@ -87,6 +89,13 @@ def sample_pixel_plane(plane: torch.Tensor, points: torch.Tensor, radius: float,
     return torch.cat([feats.transpose(1, 2), proj[..., 2:].to(feats.dtype)], -1)
 
 
+def depth_bands(depth: torch.Tensor, k: int) -> torch.Tensor:
+    """[..., N] depth offsets (in cube radii) -> [..., N, 2k]: sin and cos of 2^i·π·depth for i < k."""
+    freq = math.pi * 2.0 ** torch.arange(k, device=depth.device, dtype=depth.dtype)
+    x = depth[..., None] * freq
+    return torch.cat([x.sin(), x.cos()], -1)
+
+
 class TriplaneDecoder(nn.Module):
     def __init__(self, cfg, channels: int, radius: float, pixel_plane=None):
         """``pixel_plane``: None, or the ``model.pixel_plane`` section (enabled, distance, fov_deg)."""
@@ -99,6 +108,11 @@ class TriplaneDecoder(nn.Module):
         if self.pixel is not None:
             self.pixel_in = nn.Linear(channels + 1, cfg.hidden if cfg.hidden_layers > 0 else 4, bias=False)
             nn.init.zeros_(self.pixel_in.weight)
+        self.pixel_gate = None
+        if self.pixel is not None and int(getattr(self.pixel, "depth_bands", 0) or 0) > 0:
+            self.pixel_gate = nn.Linear(2 * int(self.pixel.depth_bands), self.pixel_in.out_features)
+            nn.init.zeros_(self.pixel_gate.weight)
+            nn.init.zeros_(self.pixel_gate.bias)
         in_dim = channels * 3 if cfg.aggregation == "concat" else channels
         layers, d = [], in_dim
         for _ in range(cfg.hidden_layers):
@@ -130,8 +144,15 @@ class TriplaneDecoder(nn.Module):
             if pix is None:
                 raw = self.layers(feats)
             else:
-                raw = self.layers[1:](self.layers[0](feats) + self.pixel_in(pix))
+                raw = self.layers[1:](self.layers[0](feats) + self.pixel_input(pix))
         return raw.float() if fast else raw
+
+    def pixel_input(self, pix: torch.Tensor) -> torch.Tensor:
+        """Pixel-plane features + depth offset [B, N, C + 1] -> their term in the first layer [B, N, hidden]."""
+        h = self.pixel_in(pix)
+        if self.pixel_gate is None:
+            return h
+        return h * (1 + self.pixel_gate(depth_bands(pix[..., -1], self.pixel_gate.in_features // 2)))
 
     def outputs(self, raw: torch.Tensor):
         return {
