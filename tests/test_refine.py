@@ -45,7 +45,8 @@ def test_ref_mode_lowers_the_reference_view_loss(duck):
     assert res.stats["level_iou"] == pytest.approx(max(ious.values())) and res.stats["level_iou"] > 0.8
     fixed = refine(tri, pipe, image, None, RefineConfig(mode="ref", steps=0, level="checkpoint", **FAST), mask=mask,
                    progress=False)
-    assert fixed.level is None and "level" not in fixed.stats
+    assert fixed.level == pipe.opts["refined_mc_threshold"]  # the checkpoint's level for refined scenes (None: none)
+    assert fixed.stats.get("level") == fixed.level
 
 
 def test_sds_mode_calls_the_prior_and_leaves_the_callers_model_alone(duck):
