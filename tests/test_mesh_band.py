@@ -46,7 +46,7 @@ def test_narrow_band_256_gives_the_dense_mesh(name, sdf):
     assert sd["queries"] == 256 ** 3 and not sb["dense"]
     assert len(f1) > 1000
     assert np.array_equal(f1, f2) and np.allclose(v1, v2, atol=1e-6), name
-    assert sb["queries"] < 0.25 * sd["queries"]
+    assert sb["queries"] < 0.1 * sd["queries"]  # the surface is followed block to block: no blanket dilation
 
 
 def test_any_resolution_uses_the_band_and_keeps_the_grid_points():
