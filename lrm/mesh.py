@@ -99,7 +99,6 @@ def _refine_band(query: Query, coarse: torch.Tensor, n: int, f: int, radius: flo
 
 def _face_neighbours(full: torch.Tensor, done: torch.Tensor, f: int, threshold: float) -> torch.Tensor:
     """Blocks [nb, nb, nb] sharing a face with a queried block (``done``) whose fine values straddle ``threshold``."""
-    nb = done.shape[0]
     out = torch.zeros_like(done)
     for axis in range(3):
         g = full.movedim(axis, 0)[::f]  # the fine planes on block faces along this axis: [nb + 1, m, m]

@@ -80,7 +80,8 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
     return mesh
 
 
-DEFAULT_LEVELS = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
+DEFAULT_LEVELS = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)  # candidates of silhouette_level
+SILHOUETTE_RESOLUTION = 64  # input-camera rays per side for it
 
 
 @torch.no_grad()

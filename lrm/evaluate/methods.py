@@ -459,19 +459,17 @@ class LRMMethod(Method):
             mesh = self.extract(tri, info, level)
         return self.prediction(tri, mesh, info, ctx)
 
-    def silhouette_level(self, tri, obj, info: dict, model=None) -> float:
+    def silhouette_level(self, tri, obj, info: dict) -> float:
         """The density level matched to the input's alpha from the input camera (``level=silhouette``)."""
         import torch
 
-        from ..refine.loop import RefineConfig
-        from ..stages import ray_max_density, silhouette_level
+        from ..stages import DEFAULT_LEVELS, SILHOUETTE_RESOLUTION, ray_max_density, silhouette_level
 
         t = time.perf_counter()
-        cfg = RefineConfig(mode="ref")
-        md = ray_max_density(model or self.adapter.model, tri, torch.as_tensor(obj.input_c2w, dtype=torch.float32),
-                             torch.as_tensor(obj.input_intrinsics, dtype=torch.float32), cfg.level_resolution,
+        md = ray_max_density(self.adapter.model, tri, torch.as_tensor(obj.input_c2w, dtype=torch.float32),
+                             torch.as_tensor(obj.input_intrinsics, dtype=torch.float32), SILHOUETTE_RESOLUTION,
                              self.adapter.radius)
-        level, ious = silhouette_level(md, obj.input_rgba[..., 3].astype(np.float32) / 255.0, cfg.levels)
+        level, ious = silhouette_level(md, obj.input_rgba[..., 3].astype(np.float32) / 255.0, DEFAULT_LEVELS)
         info.update(mc_level=level, level_iou=ious[level], t_level=time.perf_counter() - t)
         return level
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from .. import cameras as C
 from ..guidance import Reference, SDSConfig, coerce_config, make_guidance
 from ..render.volume import VolumeRenderer
+from ..stages import DEFAULT_LEVELS, SILHOUETTE_RESOLUTION
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class RefineConfig:
     # whose silhouette from the input camera best matches the input mask (lrm.stages.silhouette_level; it tends to
     # pick the lowest levels, docs/evaluation.md)
     level: Union[str, float] = "checkpoint"
-    levels: Tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 14.0, 20.0, 28.0, 40.0)
-    level_resolution: int = 64  # input-camera rays for the silhouette (per side)
+    levels: Tuple[float, ...] = DEFAULT_LEVELS
+    level_resolution: int = SILHOUETTE_RESOLUTION  # input-camera rays for the silhouette (per side)
     max_skips: int = 10
     save_every: int = 20  # intermediate renders every k steps (with an output folder; 0: none)
     seed: int = 0
