@@ -68,9 +68,13 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
                                          repeat=False), limit))
     rows = []
     for batch in tqdm(batches, desc="val objects", disable=not progress):
-        out = validate(model, batch, resolution, views)
-        if refine is not None:
-            out = validate(model, batch, resolution, views, refined_triplane(model, batch, out["triplane"], refine))
+        if refine is None:
+            out = validate(model, batch, resolution, views)
+        else:  # only the refined scene is rendered and scored
+            was = model.training
+            tri = model.eval()(batch["input_images"], batch["input_cameras"])
+            model.train(was)
+            out = validate(model, batch, resolution, views, refined_triplane(model, batch, tri, refine))
         rows.append({"uid": batch["uid"][0], "psnr": float(out["psnr"]), "mask_iou": float(out["mask_iou"])})
         if mesh_thresholds:
             ious = mesh_silhouette_ious(model, out["triplane"], batch["target_c2w"][0, :views],
