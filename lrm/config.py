@@ -95,6 +95,9 @@ class DecoderConfig:
     # bf16: without autograd (rendering, meshing, evaluation) the MLP runs under bf16 autocast; plane sampling and
     # the outputs stay fp32. Training and refinement (autograd on) always run it in fp32.
     mlp_precision: str = "fp32"
+    # without autograd, map the planes' texels through the first layer once per scene and read each point's first-layer
+    # input as one weighted gather of 4 taps per plane (lrm/models/plane_fold.py): the same values, fewer operations
+    fold_planes: bool = True
 
 
 @dataclass

@@ -105,3 +105,18 @@ def test_unknown_precision_is_rejected():
 
     with pytest.raises(ValueError):
         autocast_for("fp16", torch.device("cpu"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
+    import logging
+
+    from lrm import precision as P
+
+    monkeypatch.setattr(P, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(P, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="lrm.precision"):
+        assert P.warn_if_emulated_bf16("cpu", "x") and P.warn_if_emulated_bf16("cpu", "x")
+        assert not P.warn_if_emulated_bf16("meta", "x")  # not a CPU: nothing to say
+    assert sum("no native bf16" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(P, "cpu_native_bf16", lambda: True)
+    assert not P.warn_if_emulated_bf16("cpu", "y")

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .pixel_plane import project_canonical
+from .plane_fold import fold_table, folded_first_layer
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
 
@@ -120,6 +122,7 @@ class TriplaneDecoder(nn.Module):
             d = cfg.hidden
         layers.append(nn.Linear(d, 4))
         self.layers = nn.Sequential(*layers)
+        self._fold_cache = None  # (weakref to the scene tensor, versions, table) of the last folded scene
 
     def forward(self, triplanes: torch.Tensor, points: torch.Tensor):
         """-> dict(density [B, N] >= 0, rgb [B, N, 3] in [0, 1], raw [B, N, 4])."""
@@ -127,6 +130,8 @@ class TriplaneDecoder(nn.Module):
         if triplanes.shape[1] != planes:
             raise ValueError(f"this decoder reads {planes} planes, got a scene of {triplanes.shape[1]} "
                              f"{tuple(triplanes.shape)} (model.pixel_plane.enabled={self.pixel is not None})")
+        if self.can_fold(triplanes):
+            return self.outputs(self.folded_mlp(triplanes, points))
         feats = sample_triplane(triplanes[:, :3], points, self.radius, self.cfg.aggregation)
         pix = None
         if self.pixel is not None:
@@ -146,6 +151,62 @@ class TriplaneDecoder(nn.Module):
             else:
                 raw = self.layers[1:](self.layers[0](feats) + self.pixel_input(pix))
         return raw.float() if fast else raw
+
+    # ------------------------------------------------------------ inference fast path (lrm/models/plane_fold.py)
+    def can_fold(self, triplanes: torch.Tensor) -> bool:
+        """The folded path applies: ``fold_planes``, no autograd, fp32 MLP and no autocast, no depth-band gate."""
+        return (bool(getattr(self.cfg, "fold_planes", False)) and not torch.is_grad_enabled()
+                and self.cfg.mlp_precision == "fp32" and self.pixel_gate is None
+                and not torch.is_autocast_enabled(triplanes.device.type))
+
+    def weight_blocks(self):
+        """The first layer's weight split per plane: [hidden, C] for planes 0-2 (and the pixel plane)."""
+        w = self.layers[0].weight
+        c = w.shape[1] // 3 if self.cfg.aggregation == "concat" else w.shape[1]
+        if self.cfg.aggregation == "concat":
+            blocks = [w[:, i * c:(i + 1) * c] for i in range(3)]
+        elif self.cfg.aggregation in ("sum", "mean"):
+            blocks = [w / 3 if self.cfg.aggregation == "mean" else w] * 3
+        else:
+            raise ValueError(f"unknown decoder.aggregation {self.cfg.aggregation!r}")
+        if self.pixel is not None:
+            blocks.append(self.pixel_in.weight[:, :-1])
+        return blocks
+
+    def folded_table(self, triplanes: torch.Tensor) -> torch.Tensor:
+        """The scene's planes mapped through the first layer (:func:`fold_table`), cached for the same scene tensor
+        while neither it nor the weights change in place (inference-mode tensors carry no version: not cached)."""
+        params = [self.layers[0].weight] + ([self.pixel_in.weight] if self.pixel is not None else [])
+        try:
+            key = tuple(t._version for t in [triplanes, *params])
+        except RuntimeError:  # inference tensors
+            key = None
+        c = self._fold_cache
+        if key is not None and c is not None and c[0]() is triplanes and c[1] == key:
+            return c[2]
+        table = fold_table(triplanes, self.weight_blocks())
+        self._fold_cache = (weakref.ref(triplanes), key, table) if key is not None else None
+        return table
+
+    def folded_mlp(self, triplanes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """:meth:`mlp` of :meth:`forward`'s features, computed through the folded table -> raw [B, N, 4]."""
+        b, n = points.shape[:2]
+        h, w = triplanes.shape[-2:]
+        p = points.to(triplanes.dtype) / self.radius
+        coords = [p[..., list(ax)] for ax in PLANE_AXES]
+        proj = None
+        if self.pixel is not None:
+            proj = project_canonical(points, self.radius, float(self.pixel.distance),
+                                     float(self.pixel.fov_deg)).to(triplanes.dtype)
+            coords.append(proj[..., :2])
+        x = folded_first_layer(self.folded_table(triplanes), torch.stack(coords, 2), h, w)
+        first = self.layers[0]
+        x = x + first.bias
+        if proj is not None:
+            x = x + proj[..., 2].reshape(-1, 1) * self.pixel_in.weight[:, -1]
+        for layer in self.layers[1:]:
+            x = layer(x)
+        return x.view(b, n, -1)
 
     def pixel_input(self, pix: torch.Tensor) -> torch.Tensor:
         """Pixel-plane features + depth offset [B, N, C + 1] -> their term in the first layer [B, N, hidden]."""

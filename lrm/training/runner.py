@@ -72,8 +72,14 @@ def check_world_size(num_processes: int, env=None, requested: Optional[int] = No
 
 def _mixed_precision(tcfg) -> Optional[str]:
     mp = tcfg.mixed_precision
-    mp = "no" if mp is False or mp is None else str(mp)  # YAML 1.1 / dotted overrides read `no` as false
+    mp = str(mp)
+    if mp.lower() in ("false", "none", "no"):  # YAML 1.1 / dotted overrides read `no` as false ("False" in a str field)
+        mp = "no"
     if mp != "auto":
+        if mp == "bf16" and not torch.cuda.is_available():
+            from ..precision import warn_if_emulated_bf16
+
+            warn_if_emulated_bf16("cpu", "train.mixed_precision")
         return mp
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None  # the launcher's config decides
