@@ -5,8 +5,11 @@
 
 Default checkpoint, `examples/duck.png` through `lrm.pipeline.Pipeline`. Rows (each: old then new, back to back;
 wall seconds and process CPU seconds, `time.process_time()`, which counts all threads):
-- one 256² novel view: dense renderer (`occupancy=False`) vs empty-space skipping + early termination (the grid
-  built inside the call, as a single view pays for it); PSNR of new vs old;
+- one 256² novel view: the renderer as issue 18 measured it (dense, `occupancy=False`, decoder unfolded:
+  `model.decoder.fold_planes=false`) vs empty-space skipping + early termination (the grid built inside the call,
+  as a single view pays for it) with the folded decoder (lrm/models/plane_fold.py), and each of the two alone;
+  PSNR of new vs old; with ``--rounds R`` the variants run in turn R times (the single view 2R) and medians are
+  reported;
 - the 24-frame turntable at the pipeline's video resolution: dense per frame vs one grid for all frames;
 - the evaluation protocol's 16 views at 256² (elevations 0° and 30°, azimuths every 45°) for one object;
 - 256³ mesh extraction: dense density grid vs narrow band (+ marching cubes): decoder queries, seconds, and
@@ -80,7 +83,29 @@ def row(name, old, new, target="", extra=""):
             "ratio_wall": w0 / max(w1, 1e-9), "ratio_cpu": c0 / max(c1, 1e-9), "target": target, "note": extra}
 
 
-def bench_views(pipe, tri, views=True, protocol=True):
+@contextlib.contextmanager
+def unfolded(model, off=True):
+    """``model.decoder.fold_planes=false`` for the duration: the decoder samples the planes with ``grid_sample`` and
+    applies its first layer per point, as before the folded fast path (lrm/models/plane_fold.py)."""
+    cfg = model.decoder.cfg
+    was = cfg.fold_planes
+    cfg.fold_planes = was and not off
+    try:
+        yield
+    finally:
+        cfg.fold_planes = was
+
+
+def interleaved(fns, rounds):
+    """Run each of ``fns`` once per round, in turn; -> per fn (last result, median wall s, median CPU s)."""
+    runs = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            runs[i].append(timed(fn))
+    return [(r[-1][0], statistics.median(x[1] for x in r), statistics.median(x[2] for x in r)) for r in runs]
+
+
+def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False):
     from lrm import cameras as C
 
     model = pipe.model
@@ -88,39 +113,57 @@ def bench_views(pipe, tri, views=True, protocol=True):
     grid = model.occupancy_grid(tri)
     print(f"occupancy grid: {grid.fraction():.3f} of cells occupied "
           f"(skipping used when <= {model.renderer.cfg.skip_max_occupancy})", flush=True)
+
+    def old_fn(c2w, intr, res):  # the renderer as the issue measured it: dense, decoder unfolded
+        def fn():
+            with unfolded(model):
+                return render_views(model, tri, c2w, intr, res, False)
+        return fn
+
+    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True):
+        def fn():
+            with unfolded(model, not fold):
+                return render_views(model, tri, c2w, intr, res, occupancy if skip else False)
+        return fn
+
     if protocol:
         pc2w, pintr = protocol_cameras()
-        old = timed(lambda: render_views(model, tri, pc2w, pintr, 256, False))
-        new = timed(lambda: render_views(model, tri, pc2w, pintr, 256, "once"))
-        rows.append(row("evaluation protocol: 16 views at 256²", old, new, "<= 10 s per object",
-                        f"PSNR {psnr(old[0], new[0]):.1f} dB"))
-        cfg, haze = model.renderer.cfg, model.renderer.cfg.fine_min_opacity
-        cfg.fine_min_opacity = 0.0  # the same without interpolating the importance samples of haze-only rays
-        try:
-            plain = timed(lambda: render_views(model, tri, pc2w, pintr, 256, "once"))
-        finally:
-            cfg.fine_min_opacity = haze
-        rows.append(row(f"  the same, new = skipping without fine_min_opacity ({haze:g})", old, plain, "",
-                        f"PSNR {psnr(old[0], plain[0]):.1f} dB"))
-        with mlp_bf16(model):
-            fast = timed(lambda: render_views(model, tri, pc2w, pintr, 256, "once"))
-        rows.append(row("  the same, new = skipping + decoder.mlp_precision=bf16", old, fast, "<= 10 s per object",
-                        f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
+        old, new, dense_fold, skip_only = interleaved([
+            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, skip=False),
+            new_fn(pc2w, pintr, 256, fold=False)], rounds)
+        rows.append(row("evaluation protocol: 16 views at 256², new = skipping + folded decoder", old, new,
+                        "<= 10 s per object", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
+        rows.append(row("  the same, new = dense + folded decoder", old, dense_fold, "",
+                        f"PSNR {psnr(old[0], dense_fold[0]):.1f} dB"))
+        rows.append(row("  the same, new = skipping, decoder unfolded", old, skip_only, "",
+                        f"PSNR {psnr(old[0], skip_only[0]):.1f} dB"))
+        if bf16_rows:
+            with mlp_bf16(model):
+                fast = timed(new_fn(pc2w, pintr, 256, fold=False))
+            rows.append(row("  the same, new = skipping + decoder.mlp_precision=bf16", old, fast, "<= 10 s per object",
+                            f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
     if not views:
         return rows
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), C.CANONICAL_DISTANCE)[None]
     intr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, 1, 4)
-    old = timed(lambda: render_views(model, tri, c2w, intr, 256, False))
-    new = timed(lambda: render_views(model, tri, c2w, intr, 256, None))  # auto: grid built in the call
-    rows.append(row("one 256² view (grid built in the call)", old, new, ">= 5x", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
-    with mlp_bf16(model):
-        fast = timed(lambda: render_views(model, tri, c2w, intr, 256, None))
-    rows.append(row("  the same + decoder.mlp_precision=bf16", old, fast, ">= 5x", f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
+    old, new, dense_fold, skip_only = interleaved([
+        old_fn(c2w, intr, 256), new_fn(c2w, intr, 256, None), new_fn(c2w, intr, 256, None, skip=False),
+        new_fn(c2w, intr, 256, None, fold=False)], max(rounds, 1) * 2)
+    rows.append(row("one 256² view (grid built in the call), new = skipping + folded decoder", old, new, ">= 5x",
+                    f"PSNR {psnr(old[0], new[0]):.1f} dB"))
+    rows.append(row("  the same, new = dense + folded decoder", old, dense_fold, "",
+                    f"PSNR {psnr(old[0], dense_fold[0]):.1f} dB"))
+    rows.append(row("  the same, new = skipping, decoder unfolded", old, skip_only, "",
+                    f"PSNR {psnr(old[0], skip_only[0]):.1f} dB"))
+    if bf16_rows:
+        with mlp_bf16(model):
+            fast = timed(new_fn(c2w, intr, 256, None, fold=False))
+        rows.append(row("  the same + decoder.mlp_precision=bf16", old, fast, ">= 5x",
+                        f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
     n, res = pipe.opts["video_frames"], pipe.opts["video_resolution"]
     tc2w = C.orbit_cameras(n, pipe.opts["video_elevation"], C.CANONICAL_DISTANCE)[None]
     tintr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, n, 4)
-    old = timed(lambda: render_views(model, tri, tc2w, tintr, res, False))
-    new = timed(lambda: render_views(model, tri, tc2w, tintr, res, "once"))
+    old, new = interleaved([old_fn(tc2w, tintr, res), new_fn(tc2w, tintr, res)], rounds)
     rows.append(row(f"turntable {n} frames at {res}²", old, new, "", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
     return rows
 
@@ -204,6 +247,11 @@ def main():
     ap.add_argument("--skip-512", action="store_true")
     ap.add_argument("--rows", default="views,protocol,mesh,precision",
                     help="comma-separated subset of: views (256² view, turntable), protocol, mesh, precision")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved rounds of the view rows (old and new in turn), medians reported; the single "
+                         "view runs twice as many")
+    ap.add_argument("--bf16-rows", action="store_true",
+                    help="also rows with model.decoder.mlp_precision=bf16 (for CPUs with native bf16)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -215,7 +263,7 @@ def main():
     pre = preprocess(a.image, o["input_size"], None, o["foreground_ratio"], tuple(o["input_background"]))
     tri = pipe.triplane(pre.image)
     want = set(a.rows.split(","))
-    rows = bench_views(pipe, tri, "views" in want, "protocol" in want)
+    rows = bench_views(pipe, tri, "views" in want, "protocol" in want, a.rounds, a.bf16_rows)
     if "mesh" in want:
         rows += bench_mesh(pipe, tri, not a.skip_512)
     if "precision" in want:
@@ -224,7 +272,7 @@ def main():
             rows.append(bench_precision(triposr_model(), "TripoSR size, random weights", 1))
     load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
     print(markdown(rows, f"torch {torch.__version__}, {a.threads} threads, load average at the end {load}; "
-                         f"old = dense renderer / dense grid / fp32, new = skipping / narrow band / bf16"))
+                         f"old = dense renderer with the unfolded decoder / dense grid / fp32, new = as each row says / narrow band / bf16"))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

@@ -214,7 +214,7 @@ def get_rays(
 def project_points(points: Tensor, c2w: Tensor, intrinsics: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
     """Project world points [..., N, 3] to pixel coordinates (u, v) [..., N, 2] and camera z-depth [..., N]."""
     w2c = invert_rigid(c2w)
-    p = (w2c[..., None, :3, :3] @ points.unsqueeze(-1)).squeeze(-1) + w2c[..., None, :3, 3]
+    p = points @ w2c[..., :3, :3].transpose(-1, -2) + w2c[..., None, :3, 3]  # one matmul, not N 3x3 products
     z = p[..., 2]
     fx, fy, cx, cy = (intrinsics[..., i, None] for i in range(4))
     u = (p[..., 0] / z * fx + cx) * width

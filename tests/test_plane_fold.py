@@ -63,10 +63,11 @@ def test_first_layer_of_a_single_texel_is_its_bilinear_weight():
     table = fold_table(planes, [torch.ones(1, 1)])
     centre = lambda i: (2 * i + 1) / 4 - 1  # noqa: E731  (align_corners=False texel centres)
     x = centre(2) * 0.75 + centre(1) * 0.25  # 3/4 of the way from column 1 to column 2
-    coords = torch.tensor([[[[x, centre(1)]], [[centre(2), -1.0]], [[5.0, 5.0]]]]).view(1, 3, 1, 2)
-    out = folded_first_layer(table, coords, 4, 4)
-    # exactly on row 1: 0.75 of the texel; at y = -1 (the plane's edge, half a texel beyond row 0): 0; far off: 0
-    assert out[:, 0].tolist() == pytest.approx([0.75, 0.0, 0.0], abs=1e-6)
+    coords = torch.tensor([[x, centre(1)], [centre(2), -1.0], [5.0, 5.0], [float("nan"), 0.0]]).view(1, 1, 4, 2)
+    out = folded_first_layer(table, coords[..., 0], coords[..., 1], 4, 4)
+    # points [P=1, B=1, N=4]; exactly on row 1: 0.75 of the texel; at y = -1 (the plane's edge, half a texel beyond row 0): 0; far off: 0
+    # and a NaN coordinate: 0
+    assert out[:, 0].tolist() == pytest.approx([0.75, 0.0, 0.0, 0.0], abs=1e-6)
 
 
 def test_the_table_follows_in_place_changes_and_new_scenes():

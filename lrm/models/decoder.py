@@ -176,7 +176,7 @@ class TriplaneDecoder(nn.Module):
     def folded_table(self, triplanes: torch.Tensor) -> torch.Tensor:
         """The scene's planes mapped through the first layer (:func:`fold_table`), cached for the same scene tensor
         while neither it nor the weights change in place (inference-mode tensors carry no version: not cached)."""
-        params = [self.layers[0].weight] + ([self.pixel_in.weight] if self.pixel is not None else [])
+        params = [self.layers[0].weight, self.layers[0].bias] + ([self.pixel_in.weight] if self.pixel is not None else [])
         try:
             key = tuple(t._version for t in [triplanes, *params])
         except RuntimeError:  # inference tensors
@@ -184,7 +184,9 @@ class TriplaneDecoder(nn.Module):
         c = self._fold_cache
         if key is not None and c is not None and c[0]() is triplanes and c[1] == key:
             return c[2]
-        table = fold_table(triplanes, self.weight_blocks())
+        first = self.layers[0]
+        extra = [first.bias] + ([self.pixel_in.weight[:, -1]] if self.pixel is not None else [])
+        table = fold_table(triplanes, self.weight_blocks(), extra)
         self._fold_cache = (weakref.ref(triplanes), key, table) if key is not None else None
         return table
 
@@ -192,20 +194,18 @@ class TriplaneDecoder(nn.Module):
         """:meth:`mlp` of :meth:`forward`'s features, computed through the folded table -> raw [B, N, 4]."""
         b, n = points.shape[:2]
         h, w = triplanes.shape[-2:]
-        p = points.to(triplanes.dtype) / self.radius
-        coords = [p[..., list(ax)] for ax in PLANE_AXES]
+        p = (points.to(triplanes.dtype) / self.radius).unbind(-1)
+        us, vs = [p[a] for a, _ in PLANE_AXES], [p[c] for _, c in PLANE_AXES]
         proj = None
         if self.pixel is not None:
             proj = project_canonical(points, self.radius, float(self.pixel.distance),
-                                     float(self.pixel.fov_deg)).to(triplanes.dtype)
-            coords.append(proj[..., :2])
-        x = folded_first_layer(self.folded_table(triplanes), torch.stack(coords, 2), h, w)
-        first = self.layers[0]
-        x = x + first.bias
-        if proj is not None:
-            x = x + proj[..., 2].reshape(-1, 1) * self.pixel_in.weight[:, -1]
+                                     float(self.pixel.fov_deg)).to(triplanes.dtype).unbind(-1)
+            us.append(proj[0])
+            vs.append(proj[1])
+        extra = [1.0] + ([proj[2]] if proj is not None else [])  # the bias, the depth offset's column
+        x = folded_first_layer(self.folded_table(triplanes), torch.stack(us), torch.stack(vs), h, w, extra)
         for layer in self.layers[1:]:
-            x = layer(x)
+            x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
         return x.view(b, n, -1)
 
     def pixel_input(self, pix: torch.Tensor) -> torch.Tensor:

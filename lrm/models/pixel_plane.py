@@ -20,6 +20,7 @@ bilinearly upsampled.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -37,12 +38,19 @@ def canonical_camera(device=None, dtype=torch.float32, distance: float = CANONIC
     return c2w, cam.intrinsics_from_fov(fov_deg).to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _canonical_camera_cached(device, dtype, distance: float, fov_deg: float):
+    """:func:`canonical_camera` built once per (device, dtype, distance, fov): the decoder projects every query batch
+    (read-only tensors; callers must not modify them)."""
+    return canonical_camera(device, dtype, distance, fov_deg)
+
+
 def project_canonical(points: torch.Tensor, radius: float, distance: float = CANONICAL_DISTANCE,
                       fov_deg: float = CANONICAL_FOV_DEG) -> torch.Tensor:
     """World points [B, N, 3] -> [B, N, 3]: ``grid_sample`` coordinates (x, y in [-1, 1] across the canonical
     image, align_corners=False) and the depth offset (z - distance) / radius (0 at the origin's depth).
     Points at or behind the camera get coordinates far outside the image (they sample zeros)."""
-    c2w, intr = canonical_camera(points.device, points.dtype, distance, fov_deg)
+    c2w, intr = _canonical_camera_cached(points.device, points.dtype, float(distance), float(fov_deg))
     uv, z = cam.project_points(points, c2w, intr, 1, 1)
     coords = torch.where((z > 1e-6).unsqueeze(-1), uv * 2 - 1, torch.full_like(uv, 4.0))
     return torch.cat([coords, ((z - distance) / radius).unsqueeze(-1)], -1)
