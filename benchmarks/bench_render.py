@@ -6,8 +6,9 @@
 Default checkpoint, `examples/duck.png` through `lrm.pipeline.Pipeline`. Rows (each: old then new, back to back;
 wall seconds and process CPU seconds, `time.process_time()`, which counts all threads):
 - one 256² novel view: the renderer as issue 18 measured it (dense, `occupancy=False`, decoder unfolded:
-  `model.decoder.fold_planes=false`) vs empty-space skipping + early termination (the grid built inside the call,
-  as a single view pays for it) with the folded decoder (lrm/models/plane_fold.py), and each of the two alone;
+  `model.decoder.fold_planes=false`, every one of `n_importance` samples) vs the checkpoint's inference render:
+  empty-space skipping + early termination (the grid built inside the call, as a single view pays for it), the
+  folded decoder (lrm/models/plane_fold.py) and its `render.inference_importance`; and rows with one change at a time;
   PSNR of new vs old; with ``--rounds R`` the variants run in turn R times (the single view 2R) and medians are
   reported;
 - the 24-frame turntable at the pipeline's video resolution: dense per frame vs one grid for all frames;
@@ -84,16 +85,19 @@ def row(name, old, new, target="", extra=""):
 
 
 @contextlib.contextmanager
-def unfolded(model, off=True):
-    """``model.decoder.fold_planes=false`` for the duration: the decoder samples the planes with ``grid_sample`` and
-    applies its first layer per point, as before the folded fast path (lrm/models/plane_fold.py)."""
-    cfg = model.decoder.cfg
-    was = cfg.fold_planes
-    cfg.fold_planes = was and not off
+def renderer_as(model, fold=True, all_importance=False):
+    """For the duration: ``model.decoder.fold_planes`` = ``fold`` (False: the decoder samples the planes with
+    ``grid_sample`` and applies its first layer per point, as before lrm/models/plane_fold.py) and, with
+    ``all_importance``, ``render.inference_importance`` unset (every one of ``n_importance`` samples, as before)."""
+    dcfg, rcfg = model.decoder.cfg, model.renderer.cfg
+    was = dcfg.fold_planes, rcfg.inference_importance
+    dcfg.fold_planes = was[0] and fold
+    if all_importance:
+        rcfg.inference_importance = None
     try:
         yield
     finally:
-        cfg.fold_planes = was
+        dcfg.fold_planes, rcfg.inference_importance = was
 
 
 def interleaved(fns, rounds):
@@ -114,29 +118,29 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
     print(f"occupancy grid: {grid.fraction():.3f} of cells occupied "
           f"(skipping used when <= {model.renderer.cfg.skip_max_occupancy})", flush=True)
 
-    def old_fn(c2w, intr, res):  # the renderer as the issue measured it: dense, decoder unfolded
+    def old_fn(c2w, intr, res):  # the renderer as the issue measured it: dense, every sample, decoder unfolded
         def fn():
-            with unfolded(model):
+            with renderer_as(model, fold=False, all_importance=True):
                 return render_views(model, tri, c2w, intr, res, False)
         return fn
 
-    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True):
+    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_importance=False):
         def fn():
-            with unfolded(model, not fold):
+            with renderer_as(model, fold, all_importance):
                 return render_views(model, tri, c2w, intr, res, occupancy if skip else False)
         return fn
 
+    fewer = model.renderer.cfg.inference_importance
+    label = (f"skipping + folded decoder + inference_importance={fewer}" if fewer is not None
+             else "skipping + folded decoder")
     if protocol:
         pc2w, pintr = protocol_cameras()
-        old, new, dense_fold, skip_only = interleaved([
-            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, skip=False),
-            new_fn(pc2w, pintr, 256, fold=False)], rounds)
-        rows.append(row("evaluation protocol: 16 views at 256², new = skipping + folded decoder", old, new,
+        old, new, all_imp = interleaved([
+            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, all_importance=True)], rounds)
+        rows.append(row(f"evaluation protocol: 16 views at 256², new = {label}", old, new,
                         "<= 10 s per object", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
-        rows.append(row("  the same, new = dense + folded decoder", old, dense_fold, "",
-                        f"PSNR {psnr(old[0], dense_fold[0]):.1f} dB"))
-        rows.append(row("  the same, new = skipping, decoder unfolded", old, skip_only, "",
-                        f"PSNR {psnr(old[0], skip_only[0]):.1f} dB"))
+        rows.append(row("  the same, new = skipping + folded decoder, every importance sample", old, all_imp, "",
+                        f"PSNR {psnr(old[0], all_imp[0]):.1f} dB"))
         if bf16_rows:
             with mlp_bf16(model):
                 fast = timed(new_fn(pc2w, pintr, 256, fold=False))
@@ -146,15 +150,16 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
         return rows
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), C.CANONICAL_DISTANCE)[None]
     intr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, 1, 4)
-    old, new, dense_fold, skip_only = interleaved([
-        old_fn(c2w, intr, 256), new_fn(c2w, intr, 256, None), new_fn(c2w, intr, 256, None, skip=False),
-        new_fn(c2w, intr, 256, None, fold=False)], max(rounds, 1) * 2)
-    rows.append(row("one 256² view (grid built in the call), new = skipping + folded decoder", old, new, ">= 5x",
-                    f"PSNR {psnr(old[0], new[0]):.1f} dB"))
-    rows.append(row("  the same, new = dense + folded decoder", old, dense_fold, "",
-                    f"PSNR {psnr(old[0], dense_fold[0]):.1f} dB"))
-    rows.append(row("  the same, new = skipping, decoder unfolded", old, skip_only, "",
-                    f"PSNR {psnr(old[0], skip_only[0]):.1f} dB"))
+    variants = [("skipping + folded decoder, every importance sample", dict(all_importance=True)),
+                ("dense + folded decoder, every importance sample", dict(skip=False, all_importance=True)),
+                ("skipping, decoder unfolded, every importance sample", dict(fold=False, all_importance=True))]
+    res = interleaved([old_fn(c2w, intr, 256), new_fn(c2w, intr, 256, None)]
+                      + [new_fn(c2w, intr, 256, None, **kw) for _, kw in variants], max(rounds, 1) * 2)
+    old = res[0]
+    rows.append(row(f"one 256² view (grid built in the call), new = {label}", old, res[1], ">= 5x",
+                    f"PSNR {psnr(old[0], res[1][0]):.1f} dB"))
+    for (name, _), r in zip(variants, res[2:]):
+        rows.append(row(f"  the same, new = {name}", old, r, "", f"PSNR {psnr(old[0], r[0]):.1f} dB"))
     if bf16_rows:
         with mlp_bf16(model):
             fast = timed(new_fn(c2w, intr, 256, None, fold=False))

@@ -139,6 +139,9 @@ class RenderConfig:
     # rays whose coarse samples composite to less opacity than this take their importance samples' values by
     # interpolating the coarse ones instead of querying the field (0 = off)
     fine_min_opacity: float = 0.01
+    # importance samples per ray when no gradient is taken (views, turntables, evaluation); null = n_importance. A
+    # checkpoint sets it where it measured the image unchanged (checkpoints/default/README.md: PSNR vs n_importance)
+    inference_importance: Optional[int] = None
 
 
 @dataclass
@@ -216,7 +219,7 @@ MODEL_LIMITS = {
     "transformer.lift_samples": (1, 4096),
     "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64),
     "decoder.hidden": (1, 16384), "decoder.hidden_layers": (0, 256),
-    "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.chunk": (1, 1 << 24),
+    "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.inference_importance": (0, 8192), "render.chunk": (1, 1 << 24),
     "render.resolution": (1, 8192),
 }
 _FLOAT_KEYS = {"encoder.mlp_ratio", "transformer.mlp_ratio"}

@@ -144,17 +144,38 @@ def test_grid_lookup_matches_the_field():
 
 @pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_default_checkpoint_view_within_40db_of_dense():
+    """The shipped checkpoint's inference render (skipping, folded decoder, its ``inference_importance``) against the
+    renderer as it was: dense, every importance sample, decoder unfolded."""
     from _duck import duck_triplane
 
     pipe, _, tri = duck_triplane()
-    c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), 2.0)[None]
-    K = C.intrinsics_from_fov(40.0).expand(1, 1, 4)
-    pipe.model.renderer.cfg.skip_max_occupancy = 1.0  # skip even in this foggy field (64 % of its cells occupied)
+    model, cfg = pipe.model, pipe.model.renderer.cfg
+    c2w = C.orbit_camera(torch.tensor([45.0, 200.0]), torch.tensor([30.0, -10.0]), 2.0)[None]
+    K = C.intrinsics_from_fov(40.0).expand(1, 2, 4)
     with torch.no_grad():
-        dense = pipe.model.render(tri, c2w, K, 64, occupancy=False)["rgb"]
-        fast = pipe.model.render(tri, c2w, K, 64, occupancy=pipe.model.occupancy_grid(tri))["rgb"]
+        fast = model.render(tri, c2w, K, 64, occupancy=model.occupancy_grid(tri))["rgb"]
+        fewer, cfg.inference_importance = cfg.inference_importance, None
+        model.decoder.cfg.fold_planes = False
+        try:
+            dense = model.render(tri, c2w, K, 64, occupancy=False)["rgb"]
+        finally:
+            cfg.inference_importance, model.decoder.cfg.fold_planes = fewer, True
     mse = float(((dense - fast) ** 2).mean())
     assert -10 * np.log10(max(mse, 1e-20)) >= 40.0
+
+
+def test_inference_importance_applies_without_gradients_only():
+    field = ball()
+    o, d = view_rays(24)
+    full = make_renderer(n_samples=16, n_importance=16, skip_empty=False)
+    none = make_renderer(n_samples=16, n_importance=0, skip_empty=False)
+    fewer = make_renderer(n_samples=16, n_importance=16, inference_importance=0, skip_empty=False)
+    with torch.no_grad():
+        assert torch.equal(fewer(field, o, d)["rgb"], none(field, o, d)["rgb"])
+        assert not torch.allclose(full(field, o, d)["rgb"], none(field, o, d)["rgb"], atol=1e-3)
+    counted = Counted(field)
+    fewer(counted, o, d)  # autograd on (training, refinement): every importance sample
+    assert counted.points == o.shape[1] * (16 + 32)  # the coarse pass without gradient, then all 32 samples again
 
 
 def test_interpolate_samples_is_exact_on_linear_profiles():

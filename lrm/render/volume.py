@@ -9,7 +9,9 @@ A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [
    ``randomize``, the bin midpoint otherwise) or ``midpoint`` (always the midpoints).
 3. Optional hierarchical resampling: ``n_importance`` more samples drawn by inverse-CDF from the coarse
    weights (detached; bins between consecutive coarse samples, each weighted by the larger weight of its
-   two ends), merged and sorted with the coarse ones; all are composited together.
+   two ends), merged and sorted with the coarse ones; all are composited together. Without autograd,
+   ``inference_importance`` (when set) replaces ``n_importance``: a checkpoint whose field is smooth enough sets
+   it where the image was measured unchanged (its README), training and refinement keep ``n_importance``.
 4. Compositing: each sample i stands for the interval between the midpoints to its neighbours (``near``
    and ``far`` at the ends), length ``delta_i`` (``step='world'``), or the constant ``1 / n_samples``
    (``step='normalized'``, TripoSR's rule). ``alpha_i = 1 - exp(-sigma_i delta_i)``,
@@ -212,12 +214,18 @@ class VolumeRenderer:
             if not getattr(self.cfg, "skip_empty", False):
                 return None
             g = int(getattr(self.cfg, "occupancy_resolution", 64)) + 1
-            n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.cfg.n_importance)
+            n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.importance_count())
             if n_queries < 4 * g ** 3:  # too small a render to pay for a grid
                 return None
             occupancy = self.occupancy_grid(field, rays_o.shape[0], rays_o.device)
         # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
         return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
+
+    def importance_count(self) -> int:
+        """Importance samples per ray: ``render.inference_importance`` when no gradient is taken (and it is set),
+        else ``render.n_importance``."""
+        n = getattr(self.cfg, "inference_importance", None)
+        return int(self.cfg.n_importance if n is None or torch.is_grad_enabled() else n)
 
     def _deltas(self, t, t_near, t_far):
         if self.cfg.step == "normalized":
@@ -236,9 +244,10 @@ class VolumeRenderer:
         t_far = torch.where(valid, t_far, t_near)
         t = uniform_samples(t_near, t_far, cfg.n_samples, False)
         occupied = self._occupied(grid, rays_o, rays_d, t) & valid[..., None]
-        if cfg.n_importance > 0:
+        n_fine = self.importance_count()
+        if n_fine > 0:
             d0, c0, q0 = march(field, rays_o, rays_d, t, interval_lengths(t, t_near, t_far), occupied, stop)
-            t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, False)
+            t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, n_fine, False)
             fine_occ = self._occupied(grid, rays_o, rays_d, t_fine) & valid[..., None]
             d1 = torch.zeros_like(t_fine)
             c1 = torch.zeros(*t_fine.shape, 3, dtype=c0.dtype, device=c0.device)
@@ -274,10 +283,11 @@ class VolumeRenderer:
         randomize = randomize and cfg.sampler == "stratified"
         t = uniform_samples(t_near, t_far, cfg.n_samples, randomize, generator)
         reuse = not torch.is_grad_enabled()  # inference: keep the coarse samples' values, query only new ones
-        if cfg.n_importance > 0:
+        n_fine = self.importance_count()
+        if n_fine > 0:
             with torch.no_grad():
                 d0, c0 = self._query(field, rays_o, rays_d, t)
-                t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, cfg.n_importance, randomize, generator)
+                t_fine = importance_samples(d0, t, t_near, t_far, bg, valid, n_fine, randomize, generator)
             if reuse:
                 d1, c1 = self._query(field, rays_o, rays_d, t_fine)
                 t, order = torch.sort(torch.cat([t, t_fine], -1), -1)
