@@ -162,9 +162,8 @@ class TriplaneDecoder(nn.Module):
     def weight_blocks(self):
         """The first layer's weight split per plane: [hidden, C] for planes 0-2 (and the pixel plane)."""
         w = self.layers[0].weight
-        c = w.shape[1] // 3 if self.cfg.aggregation == "concat" else w.shape[1]
         if self.cfg.aggregation == "concat":
-            blocks = [w[:, i * c:(i + 1) * c] for i in range(3)]
+            blocks = list(w.chunk(3, dim=1))
         elif self.cfg.aggregation in ("sum", "mean"):
             blocks = [w / 3 if self.cfg.aggregation == "mean" else w] * 3
         else:
