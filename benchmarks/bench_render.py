@@ -67,17 +67,6 @@ def render_views(model, tri, c2w, intr, res, occupancy):
                           for i in range(c2w.shape[1])], 1)
 
 
-@contextlib.contextmanager
-def mlp_bf16(model):
-    """``model.decoder.mlp_precision=bf16`` for the duration (the decoder MLP in bf16 when no gradient is taken)."""
-    cfg = model.decoder.cfg
-    was, cfg.mlp_precision = cfg.mlp_precision, "bf16"
-    try:
-        yield
-    finally:
-        cfg.mlp_precision = was
-
-
 def row(name, old, new, target="", extra=""):
     (_, w0, c0), (_, w1, c1) = old, new
     return {"what": name, "old_wall": w0, "old_cpu": c0, "new_wall": w1, "new_cpu": c1,
@@ -85,19 +74,22 @@ def row(name, old, new, target="", extra=""):
 
 
 @contextlib.contextmanager
-def renderer_as(model, fold=True, all_importance=False):
+def renderer_as(model, fold=True, all_importance=False, mlp_precision=None):
     """For the duration: ``model.decoder.fold_planes`` = ``fold`` (False: the decoder samples the planes with
-    ``grid_sample`` and applies its first layer per point, as before lrm/models/plane_fold.py) and, with
-    ``all_importance``, ``render.inference_importance`` unset (every one of ``n_importance`` samples, as before)."""
+    ``grid_sample`` and applies its first layer per point, as before lrm/models/plane_fold.py); with
+    ``all_importance``, ``render.inference_importance`` unset (every one of ``n_importance`` samples, as before);
+    with ``mlp_precision``, that ``model.decoder.mlp_precision`` (bf16: the MLP in bf16 when no gradient is taken)."""
     dcfg, rcfg = model.decoder.cfg, model.renderer.cfg
-    was = dcfg.fold_planes, rcfg.inference_importance
+    was = dcfg.fold_planes, rcfg.inference_importance, dcfg.mlp_precision
     dcfg.fold_planes = was[0] and fold
     if all_importance:
         rcfg.inference_importance = None
+    if mlp_precision is not None:
+        dcfg.mlp_precision = mlp_precision
     try:
         yield
     finally:
-        dcfg.fold_planes, rcfg.inference_importance = was
+        dcfg.fold_planes, rcfg.inference_importance, dcfg.mlp_precision = was
 
 
 def interleaved(fns, rounds):
@@ -124,9 +116,9 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
                 return render_views(model, tri, c2w, intr, res, False)
         return fn
 
-    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_importance=False):
+    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_importance=False, mlp_precision=None):
         def fn():
-            with renderer_as(model, fold, all_importance):
+            with renderer_as(model, fold, all_importance, mlp_precision):
                 return render_views(model, tri, c2w, intr, res, occupancy if skip else False)
         return fn
 
@@ -142,8 +134,7 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
         rows.append(row("  the same, new = skipping + folded decoder, every importance sample", old, all_imp, "",
                         f"PSNR {psnr(old[0], all_imp[0]):.1f} dB"))
         if bf16_rows:
-            with mlp_bf16(model):
-                fast = timed(new_fn(pc2w, pintr, 256, fold=False))
+            fast = timed(new_fn(pc2w, pintr, 256, fold=False, mlp_precision="bf16"))
             rows.append(row("  the same, new = skipping + decoder.mlp_precision=bf16", old, fast, "<= 10 s per object",
                             f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
     if not views:
@@ -161,8 +152,7 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
     for (name, _), r in zip(variants, res[2:]):
         rows.append(row(f"  the same, new = {name}", old, r, "", f"PSNR {psnr(old[0], r[0]):.1f} dB"))
     if bf16_rows:
-        with mlp_bf16(model):
-            fast = timed(new_fn(c2w, intr, 256, None, fold=False))
+        fast = timed(new_fn(c2w, intr, 256, None, fold=False, mlp_precision="bf16"))
         rows.append(row("  the same + decoder.mlp_precision=bf16", old, fast, ">= 5x",
                         f"PSNR {psnr(old[0], fast[0]):.1f} dB"))
     n, res = pipe.opts["video_frames"], pipe.opts["video_resolution"]

@@ -219,8 +219,8 @@ MODEL_LIMITS = {
     "transformer.lift_samples": (1, 4096),
     "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64),
     "decoder.hidden": (1, 16384), "decoder.hidden_layers": (0, 256),
-    "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.inference_importance": (0, 8192), "render.chunk": (1, 1 << 24),
-    "render.resolution": (1, 8192),
+    "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.inference_importance": (0, 8192),
+    "render.chunk": (1, 1 << 24), "render.resolution": (1, 8192),
 }
 _FLOAT_KEYS = {"encoder.mlp_ratio", "transformer.mlp_ratio"}
 
