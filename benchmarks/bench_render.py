@@ -6,9 +6,10 @@
 Default checkpoint, `examples/duck.png` through `lrm.pipeline.Pipeline`. Rows (each: old then new, back to back;
 wall seconds and process CPU seconds, `time.process_time()`, which counts all threads):
 - one 256² novel view: the renderer as issue 18 measured it (dense, `occupancy=False`, decoder unfolded:
-  `model.decoder.fold_planes=false`, every one of `n_importance` samples) vs the checkpoint's inference render:
+  `model.decoder.fold_planes=false`, every one of `n_samples` + `n_importance` samples) vs the checkpoint's inference render:
   empty-space skipping + early termination (the grid built inside the call, as a single view pays for it), the
-  folded decoder (lrm/models/plane_fold.py) and its `render.inference_importance`; and rows with one change at a time;
+  folded decoder (lrm/models/plane_fold.py) and its `render.inference_samples` / `inference_importance` /
+  `occupancy_coarse_factor` / `skip_chunk`; and rows with one change at a time;
   PSNR of new vs old; with ``--rounds R`` the variants run in turn R times (the single view 2R) and medians are
   reported;
 - the 24-frame turntable at the pipeline's video resolution: dense per frame vs one grid for all frames;
@@ -74,22 +75,23 @@ def row(name, old, new, target="", extra=""):
 
 
 @contextlib.contextmanager
-def renderer_as(model, fold=True, all_importance=False, mlp_precision=None):
+def renderer_as(model, fold=True, all_samples=False, mlp_precision=None):
     """For the duration: ``model.decoder.fold_planes`` = ``fold`` (False: the decoder samples the planes with
     ``grid_sample`` and applies its first layer per point, as before lrm/models/plane_fold.py); with
-    ``all_importance``, ``render.inference_importance`` unset (every one of ``n_importance`` samples, as before);
-    with ``mlp_precision``, that ``model.decoder.mlp_precision`` (bf16: the MLP in bf16 when no gradient is taken)."""
+    ``all_samples``, ``render.inference_samples`` and ``render.inference_importance`` unset (every one of
+    ``n_samples`` + ``n_importance`` samples, as before); with ``mlp_precision``, that ``model.decoder.mlp_precision``
+    (bf16: the MLP in bf16 when no gradient is taken)."""
     dcfg, rcfg = model.decoder.cfg, model.renderer.cfg
-    was = dcfg.fold_planes, rcfg.inference_importance, dcfg.mlp_precision
+    was = dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision
     dcfg.fold_planes = was[0] and fold
-    if all_importance:
-        rcfg.inference_importance = None
+    if all_samples:
+        rcfg.inference_importance = rcfg.inference_samples = None
     if mlp_precision is not None:
         dcfg.mlp_precision = mlp_precision
     try:
         yield
     finally:
-        dcfg.fold_planes, rcfg.inference_importance, dcfg.mlp_precision = was
+        dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision = was
 
 
 def interleaved(fns, rounds):
@@ -112,26 +114,27 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
 
     def old_fn(c2w, intr, res):  # the renderer as the issue measured it: dense, every sample, decoder unfolded
         def fn():
-            with renderer_as(model, fold=False, all_importance=True):
+            with renderer_as(model, fold=False, all_samples=True):
                 return render_views(model, tri, c2w, intr, res, False)
         return fn
 
-    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_importance=False, mlp_precision=None):
+    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_samples=False, mlp_precision=None):
         def fn():
-            with renderer_as(model, fold, all_importance, mlp_precision):
+            with renderer_as(model, fold, all_samples, mlp_precision):
                 return render_views(model, tri, c2w, intr, res, occupancy if skip else False)
         return fn
 
-    fewer = model.renderer.cfg.inference_importance
-    label = (f"skipping + folded decoder + inference_importance={fewer}" if fewer is not None
-             else "skipping + folded decoder")
+    rc = model.renderer.cfg
+    fewer = [f"{k}={getattr(rc, k)}" for k in ("inference_samples", "inference_importance", "occupancy_coarse_factor",
+                                               "skip_chunk") if getattr(rc, k, None) not in (None, 1)]
+    label = "skipping + folded decoder" + "".join(f" + {x}" for x in fewer)
     if protocol:
         pc2w, pintr = protocol_cameras()
         old, new, all_imp = interleaved([
-            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, all_importance=True)], rounds)
+            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, all_samples=True)], rounds)
         rows.append(row(f"evaluation protocol: 16 views at 256², new = {label}", old, new,
                         "<= 10 s per object", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
-        rows.append(row("  the same, new = skipping + folded decoder, every importance sample", old, all_imp, "",
+        rows.append(row("  the same, new = skipping + folded decoder, every sample", old, all_imp, "",
                         f"PSNR {psnr(old[0], all_imp[0]):.1f} dB"))
         if bf16_rows:
             fast = timed(new_fn(pc2w, pintr, 256, fold=False, mlp_precision="bf16"))
@@ -141,9 +144,9 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
         return rows
     c2w = C.orbit_camera(torch.tensor([45.0]), torch.tensor([30.0]), C.CANONICAL_DISTANCE)[None]
     intr = C.intrinsics_from_fov(C.CANONICAL_FOV_DEG).expand(1, 1, 4)
-    variants = [("skipping + folded decoder, every importance sample", dict(all_importance=True)),
-                ("dense + folded decoder, every importance sample", dict(skip=False, all_importance=True)),
-                ("skipping, decoder unfolded, every importance sample", dict(fold=False, all_importance=True))]
+    variants = [("skipping + folded decoder, every sample", dict(all_samples=True)),
+                ("dense + folded decoder, every sample", dict(skip=False, all_samples=True)),
+                ("skipping, decoder unfolded, every sample", dict(fold=False, all_samples=True))]
     res = interleaved([old_fn(c2w, intr, 256), new_fn(c2w, intr, 256, None)]
                       + [new_fn(c2w, intr, 256, None, **kw) for _, kw in variants], max(rounds, 1) * 2)
     old = res[0]

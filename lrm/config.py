@@ -133,6 +133,12 @@ class RenderConfig:
     # transmittance fell below ``early_stop``; same image as the dense path within tolerance (tests/test_render.py)
     skip_empty: bool = True
     occupancy_resolution: int = 64  # cells per side of the occupancy grid over the cube
+    # rays per chunk on the skipping path (most samples are skipped, so longer chunks pay: fewer, larger field calls);
+    # null = chunk
+    skip_chunk: Optional[int] = 4096
+    # > 1: build the grid at occupancy_resolution / this first and query the fine grid only inside its occupied
+    # cells (lrm/render/occupancy.py); finds structures thicker than this many fine cells. 1 = every corner
+    occupancy_coarse_factor: int = 1
     occupancy_tolerance: float = 0.1  # skipped optical depth per ray at most about this (sets the density threshold)
     early_stop: float = 1e-4  # transmittance below which a ray stops
     skip_max_occupancy: float = 0.5  # a grid more occupied than this saves too few queries: dense path instead
@@ -142,6 +148,10 @@ class RenderConfig:
     # importance samples per ray when no gradient is taken (views, turntables, evaluation); null = n_importance. A
     # checkpoint sets it where it measured the image unchanged (checkpoints/default/README.md: PSNR vs n_importance)
     inference_importance: Optional[int] = None
+    # coarse (uniform) samples per ray when no gradient is taken; null = n_samples. Set the same way (the grid of
+    # empty-space skipping still finds structures at its own resolution; coarse samples decide where importance
+    # samples go, so a sharp field needs more of them than a blurry one)
+    inference_samples: Optional[int] = None
 
 
 @dataclass
@@ -220,6 +230,8 @@ MODEL_LIMITS = {
     "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64),
     "decoder.hidden": (1, 16384), "decoder.hidden_layers": (0, 256),
     "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.inference_importance": (0, 8192),
+    "render.inference_samples": (1, 8192), "render.occupancy_coarse_factor": (1, 64),
+    "render.skip_chunk": (1, 1 << 24),
     "render.chunk": (1, 1 << 24), "render.resolution": (1, 8192),
 }
 _FLOAT_KEYS = {"encoder.mlp_ratio", "transformer.mlp_ratio"}

@@ -144,8 +144,9 @@ def test_grid_lookup_matches_the_field():
 
 @pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_default_checkpoint_view_within_40db_of_dense():
-    """The shipped checkpoint's inference render (skipping, folded decoder, its ``inference_importance``) against the
-    renderer as it was: dense, every importance sample, decoder unfolded."""
+    """The shipped checkpoint's inference render (skipping, folded decoder, its ``inference_samples`` /
+    ``inference_importance`` / coarse-first grid) against the renderer as it was: dense, every sample, decoder
+    unfolded."""
     from _duck import duck_triplane
 
     pipe, _, tri = duck_triplane()
@@ -154,12 +155,13 @@ def test_default_checkpoint_view_within_40db_of_dense():
     K = C.intrinsics_from_fov(40.0).expand(1, 2, 4)
     with torch.no_grad():
         fast = model.render(tri, c2w, K, 64, occupancy=model.occupancy_grid(tri))["rgb"]
-        fewer, cfg.inference_importance = cfg.inference_importance, None
+        fewer = cfg.inference_importance, cfg.inference_samples
+        cfg.inference_importance = cfg.inference_samples = None
         model.decoder.cfg.fold_planes = False
         try:
             dense = model.render(tri, c2w, K, 64, occupancy=False)["rgb"]
         finally:
-            cfg.inference_importance, model.decoder.cfg.fold_planes = fewer, True
+            (cfg.inference_importance, cfg.inference_samples), model.decoder.cfg.fold_planes = fewer, True
     mse = float(((dense - fast) ** 2).mean())
     assert -10 * np.log10(max(mse, 1e-20)) >= 40.0
 
@@ -205,3 +207,59 @@ def test_faint_rays_take_interpolated_importance_samples():
     assert n1 < 0.9 * n0  # the haze-only rays no longer query their 32 importance samples
     for k in ("rgb", "opacity"):
         assert (dense[k] - fast1[k]).abs().max() < 2e-3, k
+
+
+def test_inference_samples_apply_without_gradients_only():
+    field = ball()
+    o, d = view_rays(24)
+    fewer = make_renderer(n_samples=32, n_importance=8, inference_samples=12, skip_empty=False)
+    twelve = make_renderer(n_samples=12, n_importance=8, skip_empty=False)
+    with torch.no_grad():
+        assert torch.equal(fewer(field, o, d)["rgb"], twelve(field, o, d)["rgb"])
+    counted = Counted(field)
+    fewer(counted, o, d)  # autograd on: n_samples
+    assert counted.points == o.shape[1] * (32 + 40)  # the coarse pass without gradient, then all 40 samples again
+    normalized = make_renderer(n_samples=32, n_importance=0, inference_samples=12, skip_empty=False, step="normalized")
+    with torch.no_grad():  # TripoSR's step rule follows the samples in use: 1 / 12
+        assert torch.allclose(normalized(field, o, d)["opacity"],
+                              make_renderer(n_samples=12, n_importance=0, skip_empty=False,
+                                            step="normalized")(field, o, d)["opacity"])
+
+
+def test_coarse_first_grid_is_the_full_grid_on_a_thick_field_with_fewer_queries():
+    field = ball(0.3, 50.0)
+    full, coarse = Counted(field), Counted(field)
+    a = build_occupancy(full, 1, 0.87, 32, 1.0)
+    b = build_occupancy(coarse, 1, 0.87, 32, 1.0, coarse_factor=2)
+    assert torch.equal(a.occ, b.occ)
+    assert coarse.points < 0.6 * full.points
+
+
+def test_coarse_first_grid_never_adds_cells_and_misses_only_what_no_coarse_corner_sees():
+    # a slab one fine cell thick between coarse corners: the full grid finds it, the coarse-first one cannot;
+    # a slab that holds a coarse corner is found by both
+    def slab(x0):
+        def field(p):
+            return ((p[..., 0] - x0).abs() < 0.03).float() * 10.0, torch.zeros(*p.shape[:-1], 3)
+        return field
+
+    lin = torch.linspace(-0.8, 0.8, 33)  # fine corners (G = 32, r = 0.8); the coarse ones are every other
+    between, on = float(lin[17]), float(lin[16])
+    for x0, found in ((between, False), (on, True)):
+        field = slab(x0)
+        a = build_occupancy(field, 1, 0.8, 32, 1.0)
+        b = build_occupancy(field, 1, 0.8, 32, 1.0, coarse_factor=2)
+        assert bool(a.occ.any())
+        assert not bool((b.occ & ~a.occ).any())
+        assert bool(b.occ.any()) == found
+
+
+def test_skip_chunk_changes_only_how_rays_are_grouped():
+    field = ball()
+    o, d = view_rays(20)
+    a, b = make_renderer(n_samples=24, n_importance=8, skip_chunk=37), make_renderer(n_samples=24, n_importance=8)
+    with torch.no_grad():
+        grid = a.occupancy_grid(field)
+        x, y = a(field, o, d, occupancy=grid), b(field, o, d, occupancy=grid)
+    for k in ("rgb", "opacity", "depth"):
+        assert torch.allclose(x[k], y[k], atol=1e-6)

@@ -5,6 +5,12 @@ corners; a cell is occupied when any of its corners exceeds ``threshold``, and t
 by one cell, so a structure is found whenever it contains a corner (any slab thicker than one cell, 2r/G) and
 samples near a found structure are never skipped. Build it once per triplane and pass it to every view
 (``VolumeRenderer.__call__(..., occupancy=grid)``); it belongs to the field it was built from.
+
+Coarse first (``coarse_factor`` f > 1, ``render.occupancy_coarse_factor``): the grid at G/f is built as above, and
+the fine grid queries only the corners of fine cells inside its (dilated) occupied cells; the other corners count
+as empty. That finds every structure containing a coarse corner (a slab thicker than f cells, 2rf/G), plus those
+within a coarse cell of one, so it suits fields that are smooth at the coarse scale; the checkpoint that enables it
+states the image it measured.
 """
 from __future__ import annotations
 
@@ -58,17 +64,37 @@ def cells_from_corners(above: torch.Tensor) -> torch.Tensor:
     return F.max_pool3d(cells, 3, stride=1, padding=1)[:, 0] > 0
 
 
+def corners_of_cells(cells: torch.Tensor) -> torch.Tensor:
+    """[G, G, G] bool cells -> [(G+1)^3] bool: the corners of any set cell."""
+    return F.max_pool3d(F.pad(cells[None, None].float(), (1, 1, 1, 1, 1, 1)), 2, stride=1)[0, 0].reshape(-1) > 0
+
+
+def densities_at(field, pts: torch.Tensor, batch: int, chunk: int) -> torch.Tensor:
+    """Density of ``field`` at the same points [M, 3] for each scene -> [B, M] fp32, ``chunk`` points per call."""
+    dens = [field(pts[i:i + chunk][None].expand(batch, -1, -1).contiguous())[0].float()
+            for i in range(0, pts.shape[0], chunk)]
+    return torch.cat(dens, 1) if dens else torch.zeros(batch, 0, device=pts.device)
+
+
 @torch.no_grad()
 def build_occupancy(field, batch: int, radius: float, resolution: int, threshold: float, device=None,
-                    chunk: int = 65536) -> OccupancyGrid:
-    """Occupancy grid of ``field`` (``field(points [B, M, 3]) -> (density [B, M], rgb)``) over [-r, r]^3."""
-    pts = corner_points(resolution, radius, device)
-    dens = []
-    for i in range(0, pts.shape[0], chunk):
-        d, _ = field(pts[i:i + chunk][None].expand(batch, -1, -1).contiguous())
-        dens.append(d.float())
+                    chunk: int = 16384, coarse_factor: int = 1) -> OccupancyGrid:
+    """Occupancy grid of ``field`` (``field(points [B, M, 3]) -> (density [B, M], rgb)``) over [-r, r]^3;
+    ``coarse_factor`` > 1 (dividing ``resolution``): coarse grid first (module docstring)."""
     n = resolution + 1
-    above = (torch.cat(dens, 1) > threshold).reshape(batch, n, n, n)
+    pts = corner_points(resolution, radius, device)
+    f = int(coarse_factor)
+    if f > 1 and resolution % f == 0 and resolution // f >= 2:
+        coarse = build_occupancy(field, batch, radius, resolution // f, threshold, device, chunk)
+        cells = coarse.occ.any(0)
+        for dim in range(3):  # coarse cells -> the fine cells inside them
+            cells = cells.repeat_interleave(f, dim)
+        need = corners_of_cells(cells)
+        dens = torch.zeros(batch, n ** 3, device=pts.device)
+        dens[:, need] = densities_at(field, pts[need], batch, chunk)
+    else:
+        dens = densities_at(field, pts, batch, chunk)
+    above = (dens > threshold).reshape(batch, n, n, n)
     return OccupancyGrid(cells_from_corners(above), float(radius), float(threshold))
 
 

@@ -10,8 +10,9 @@ A field is any function ``field(points [B, M, 3]) -> (density [B, M] >= 0, rgb [
 3. Optional hierarchical resampling: ``n_importance`` more samples drawn by inverse-CDF from the coarse
    weights (detached; bins between consecutive coarse samples, each weighted by the larger weight of its
    two ends), merged and sorted with the coarse ones; all are composited together. Without autograd,
-   ``inference_importance`` (when set) replaces ``n_importance``: a checkpoint whose field is smooth enough sets
-   it where the image was measured unchanged (its README), training and refinement keep ``n_importance``.
+   ``inference_importance`` (when set) replaces ``n_importance``, and ``inference_samples`` ``n_samples``: a
+   checkpoint whose field is smooth enough sets them where the image was measured unchanged (its README); training
+   and refinement keep ``n_samples`` and ``n_importance``.
 4. Compositing: each sample i stands for the interval between the midpoints to its neighbours (``near``
    and ``far`` at the ends), length ``delta_i`` (``step='world'``), or the constant ``1 / n_samples``
    (``step='normalized'``, TripoSR's rule). ``alpha_i = 1 - exp(-sigma_i delta_i)``,
@@ -181,6 +182,7 @@ class VolumeRenderer:
         grid = self._skip_grid(field, rays_o, randomize, occupancy)
         chunk = max(1, int(self.cfg.chunk))
         if grid is not None:
+            chunk = max(1, int(getattr(self.cfg, "skip_chunk", None) or chunk))
             outs = [self.render_chunk_skip(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, grid,
                                            return_samples)
                     for i in range(0, rays_o.shape[1], chunk)]
@@ -197,7 +199,7 @@ class VolumeRenderer:
         """Largest sum of compositing steps along one ray (sets the occupancy density threshold)."""
         cfg = self.cfg
         if cfg.step == "normalized":
-            return (cfg.n_samples + cfg.n_importance) / cfg.n_samples
+            return (self.sample_count() + self.importance_count()) / self.sample_count()
         return cube_diagonal(cfg.radius * (1.0 - cfg.box_margin))
 
     def occupancy_grid(self, field: Field, batch: int = 1, device=None) -> OccupancyGrid:
@@ -205,7 +207,8 @@ class VolumeRenderer:
         cfg = self.cfg
         thr = density_threshold(getattr(cfg, "occupancy_tolerance", 1e-3), self.path_length())
         return build_occupancy(field, batch, cfg.radius * (1.0 - cfg.box_margin),
-                               int(getattr(cfg, "occupancy_resolution", 64)), thr, device)
+                               int(getattr(cfg, "occupancy_resolution", 64)), thr, device,
+                               coarse_factor=int(getattr(cfg, "occupancy_coarse_factor", 1) or 1))
 
     def _skip_grid(self, field, rays_o, randomize, occupancy) -> Optional[OccupancyGrid]:
         if occupancy is False or torch.is_grad_enabled() or (randomize and self.cfg.sampler == "stratified"):
@@ -214,12 +217,18 @@ class VolumeRenderer:
             if not getattr(self.cfg, "skip_empty", False):
                 return None
             g = int(getattr(self.cfg, "occupancy_resolution", 64)) + 1
-            n_queries = rays_o.shape[1] * (self.cfg.n_samples + self.importance_count())
+            n_queries = rays_o.shape[1] * (self.sample_count() + self.importance_count())
             if n_queries < 4 * g ** 3:  # too small a render to pay for a grid
                 return None
             occupancy = self.occupancy_grid(field, rays_o.shape[0], rays_o.device)
         # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
         return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
+
+    def sample_count(self) -> int:
+        """Coarse (uniform) samples per ray: ``render.inference_samples`` when no gradient is taken (and it is set),
+        else ``render.n_samples``."""
+        n = getattr(self.cfg, "inference_samples", None)
+        return int(self.cfg.n_samples if n is None or torch.is_grad_enabled() else n)
 
     def importance_count(self) -> int:
         """Importance samples per ray: ``render.inference_importance`` when no gradient is taken (and it is set),
@@ -229,7 +238,7 @@ class VolumeRenderer:
 
     def _deltas(self, t, t_near, t_far):
         if self.cfg.step == "normalized":
-            return torch.full_like(t, 1.0 / self.cfg.n_samples)
+            return torch.full_like(t, 1.0 / self.sample_count())
         if self.cfg.step == "world":
             return interval_lengths(t, t_near, t_far)
         raise ValueError(f"unknown render.step {self.cfg.step!r}")
@@ -242,7 +251,7 @@ class VolumeRenderer:
         stop = float(getattr(cfg, "early_stop", 1e-4))
         t_near, t_far, valid = near_far(rays_o, rays_d, cfg.radius, cfg.box_margin, cfg.min_ray_length)
         t_far = torch.where(valid, t_far, t_near)
-        t = uniform_samples(t_near, t_far, cfg.n_samples, False)
+        t = uniform_samples(t_near, t_far, self.sample_count(), False)
         occupied = self._occupied(grid, rays_o, rays_d, t) & valid[..., None]
         n_fine = self.importance_count()
         if n_fine > 0:
@@ -281,7 +290,7 @@ class VolumeRenderer:
         t_near, t_far, valid = near_far(rays_o, rays_d, cfg.radius, cfg.box_margin, cfg.min_ray_length)
         t_far = torch.where(valid, t_far, t_near)
         randomize = randomize and cfg.sampler == "stratified"
-        t = uniform_samples(t_near, t_far, cfg.n_samples, randomize, generator)
+        t = uniform_samples(t_near, t_far, self.sample_count(), randomize, generator)
         reuse = not torch.is_grad_enabled()  # inference: keep the coarse samples' values, query only new ones
         n_fine = self.importance_count()
         if n_fine > 0:

@@ -52,7 +52,7 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
 @torch.no_grad()
 def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image_size: int = 64,
                    limit: Optional[int] = None, seed: int = 1234, progress: bool = True,
-                   mesh_thresholds: Sequence[float] = (), refine=None) -> Dict:
+                   mesh_thresholds: Sequence[float] = (), refine=None, split: str = "val") -> Dict:
     """Every val object scored as the module docstring says; ``refine`` (a ``RefineConfig``, mode ref: no prior)
     refines each object's scene on its input view first and scores the refined scene."""
     from tqdm import tqdm
@@ -64,10 +64,10 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the loader's view choice also depends on torch.initial_seed()
         batches = list(_take(make_loader(data, num_views_target=views, image_size=image_size, batch_size=1,
-                                         num_workers=0, shuffle=False, seed=seed, split="val", background="white",
+                                         num_workers=0, shuffle=False, seed=seed, split=split, background="white",
                                          repeat=False), limit))
     rows = []
-    for batch in tqdm(batches, desc="val objects", disable=not progress):
+    for batch in tqdm(batches, desc=f"{split} objects", disable=not progress):
         if refine is None:
             out = validate(model, batch, resolution, views)
         else:  # only the refined scene is rendered and scored
@@ -81,7 +81,7 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
                                         batch["target_intrinsics"][0, :views], out["target_mask"][0], mesh_thresholds)
             rows[-1]["mesh_iou"] = dict(zip([float(t) for t in mesh_thresholds], ious))
     if not rows:
-        raise ValueError(f"no validation objects in {data}")
+        raise ValueError(f"no {split} objects in {data}")
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     result = {"objects": len(rows), "views_per_object": views, "resolution": resolution,
               "psnr": mean("psnr"), "mask_iou": mean("mask_iou")}
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="exported model folder (model.safetensors + config.yaml)")
     p.add_argument("--data", default="data/shards/default", help="shards folder with a val split")
+    p.add_argument("--split", default="val",
+                   help="split to score: val (held out), or train to tell under-fitting from poor generalisation")
     p.add_argument("--views", type=int, default=4, help="novel views per object")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="at most this many objects")
@@ -135,11 +137,11 @@ def main(argv=None) -> int:
 
             refine = RefineConfig(mode="ref", steps=a.refine_steps, save_every=0, level="checkpoint")
         res = evaluate_split(model, a.data, a.views, a.resolution, int(cfg.get("data", {}).get("image_size", 64)),
-                             a.limit, mesh_thresholds=thresholds, refine=refine)
+                             a.limit, mesh_thresholds=thresholds, refine=refine, split=a.split)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.model}: {res['objects']} val objects x {a.views} novel views at {a.resolution}^2: "
+    print(f"{a.model}: {res['objects']} {a.split} objects x {a.views} novel views at {a.resolution}^2: "
           f"PSNR {res['psnr']:.2f} dB, mask IoU {res['mask_iou']:.3f}")
     for th, iou in res.get("mesh_iou", {}).items():
         print(f"  mesh at density {th:g}: silhouette IoU {iou:.3f}")
