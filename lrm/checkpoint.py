@@ -57,6 +57,29 @@ def widen_kernels(state: dict, own: dict) -> List[str]:
         done.append(k)
     return done
 
+#: Residual output projections of a transformer block: zeroed, they make a block the identity.
+BLOCK_OUTPUTS = ("attn_self.to_out.", "attn_cross.to_out.", "mlp.fc2.")
+
+
+def deepen_blocks(state: dict, own: dict, prefix: str = "transformer.blocks.") -> List[int]:
+    """In place: when the model has more transformer blocks than ``state`` (which holds blocks 0..n-1), blocks n.. take
+    the model's fresh weights with their :data:`BLOCK_OUTPUTS` zeroed: each adds nothing to its residual stream, so the
+    deeper model starts as the checkpoint's. Returns the indices added."""
+    def index(k):
+        return int(k[len(prefix):].split(".")[0])
+
+    have = {index(k) for k in state if k.startswith(prefix)}
+    want = {index(k) for k in own if k.startswith(prefix)}
+    if not have or have != set(range(len(have))) or not (want - have) or min(want - have) != len(have):
+        return []
+    added = sorted(want - have)
+    for k, v in own.items():
+        if k.startswith(prefix) and index(k) in added:
+            rest = k[len(prefix):].split(".", 1)[1]
+            state[k] = torch.zeros_like(v) if rest.startswith(BLOCK_OUTPUTS) else v.clone()
+    return added
+
+
 #: The checkpoint shipped in the repository.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 WEIGHTS_NAME = "model.safetensors"
@@ -212,13 +235,17 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
     """Load ``state`` into ``model`` to start training from it (``--init-from``): strict, except that a module of
     :data:`NOOP_MODULES` which the model has and the checkpoint lacks *entirely* keeps its fresh zero-initialised
     weights (e.g. a one-view checkpoint into a ``multiview`` model: the model's V = 1 output then equals the
-    one-view model's bit for bit). Anything else missing, unexpected or mis-shaped raises :class:`CheckpointError`.
-    Returns the prefixes left fresh (logged)."""
+    one-view model's bit for bit); extra transformer blocks start as the identity (:func:`deepen_blocks`). Anything
+    else missing, unexpected or mis-shaped raises :class:`CheckpointError`. Returns the prefixes left fresh (logged)."""
     own = model.state_dict()
     state = dict(state)
     for k in widen_kernels(state, own):
         log.info("init from %s: %s widened to %s (the planes start as the checkpoint's, nearest-upsampled)",
                  source, k, tuple(own[k].shape))
+    added = deepen_blocks(state, own)
+    if added:
+        log.info("init from %s: transformer blocks %s added with zero output projections (the model starts as the "
+                 "checkpoint's)", source, added)
     missing = sorted(set(own) - set(state))
     fresh = []
     for prefix, (what, zero_keys) in NOOP_MODULES.items():

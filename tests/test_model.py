@@ -237,3 +237,31 @@ def test_encoder_loads_local_dinov2_folder_and_matches_transformers(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         load_pretrained(ImageEncoder(bad), tmp_path)
 
+
+
+def test_init_from_a_shallower_transformer_starts_as_that_checkpoint():
+    """--init-from into a model with more transformer blocks: the extra blocks get zero output projections, so the
+    triplanes equal the checkpoint's; a checkpoint whose blocks are not 0..n-1 is refused as before."""
+    import pytest
+
+    from lrm.checkpoint import CheckpointError, load_init_weights
+    from lrm.config import load_config
+    from lrm.models import build_model
+
+    small = ["model.encoder.image_size=32", "model.encoder.patch_size=8", "model.encoder.dim=32",
+             "model.encoder.depth=1", "model.encoder.heads=2", "model.transformer.token_dim=32",
+             "model.transformer.heads=2", "model.transformer.plane_tokens=4", "model.transformer.camera_embed_dim=16",
+             "model.transformer.lift_samples=4", "model.upsampler.channels=6", "model.decoder.hidden=16",
+             "model.pixel_plane.enabled=false", "model.upsampler.kernel=2"]
+    torch.manual_seed(0)
+    old = build_model(load_config("tiny", small + ["model.transformer.depth=2"])).eval()
+    torch.manual_seed(1)
+    deep = build_model(load_config("tiny", small + ["model.transformer.depth=4"])).eval()
+    load_init_weights(deep, dict(old.state_dict()), "old")
+    assert not deep.transformer.blocks[3].mlp.fc2.weight.any() and deep.transformer.blocks[3].mlp.fc1.weight.any()
+    img = torch.rand(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(deep(img), old(img), atol=1e-6)
+    gap = {k: v for k, v in old.state_dict().items() if not k.startswith("transformer.blocks.0.")}
+    with pytest.raises(CheckpointError):
+        load_init_weights(build_model(load_config("tiny", small + ["model.transformer.depth=4"])), gap, "gap")
