@@ -224,17 +224,20 @@ class VolumeRenderer:
         # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
         return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
 
+
     def sample_count(self) -> int:
         """Coarse (uniform) samples per ray: ``render.inference_samples`` when no gradient is taken (and it is set),
         else ``render.n_samples``."""
-        n = getattr(self.cfg, "inference_samples", None)
-        return int(self.cfg.n_samples if n is None or torch.is_grad_enabled() else n)
+        return self._count("inference_samples", self.cfg.n_samples)
 
     def importance_count(self) -> int:
         """Importance samples per ray: ``render.inference_importance`` when no gradient is taken (and it is set),
         else ``render.n_importance``."""
-        n = getattr(self.cfg, "inference_importance", None)
-        return int(self.cfg.n_importance if n is None or torch.is_grad_enabled() else n)
+        return self._count("inference_importance", self.cfg.n_importance)
+
+    def _count(self, inference_key: str, trained: int) -> int:
+        n = getattr(self.cfg, inference_key, None)
+        return int(trained if n is None or torch.is_grad_enabled() else n)
 
     def _deltas(self, t, t_near, t_far):
         if self.cfg.step == "normalized":
