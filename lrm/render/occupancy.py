@@ -82,20 +82,34 @@ def build_occupancy(field, batch: int, radius: float, resolution: int, threshold
     """Occupancy grid of ``field`` (``field(points [B, M, 3]) -> (density [B, M], rgb)``) over [-r, r]^3;
     ``coarse_factor`` > 1 (dividing ``resolution``): coarse grid first (module docstring)."""
     n = resolution + 1
-    pts = corner_points(resolution, radius, device)
-    f = int(coarse_factor)
-    if f > 1 and resolution % f == 0 and resolution // f >= 2:
-        coarse = build_occupancy(field, batch, radius, resolution // f, threshold, device, chunk)
-        cells = coarse.occ.any(0)
-        for dim in range(3):  # coarse cells -> the fine cells inside them
-            cells = cells.repeat_interleave(f, dim)
-        need = corners_of_cells(cells)
-        dens = torch.zeros(batch, n ** 3, device=pts.device)
-        dens[:, need] = densities_at(field, pts[need], batch, chunk)
-    else:
-        dens = densities_at(field, pts, batch, chunk)
+    dens = corner_densities(field, batch, radius, resolution, threshold, device, chunk, coarse_factor)
     above = (dens > threshold).reshape(batch, n, n, n)
     return OccupancyGrid(cells_from_corners(above), float(radius), float(threshold))
+
+
+def corner_densities(field, batch: int, radius: float, resolution: int, threshold: float, device, chunk: int,
+                     coarse_factor: int = 1) -> torch.Tensor:
+    """Density at the (G+1)^3 cell corners -> [B, (G+1)^3]. Coarse first: the coarse corners' densities are reused
+    (they are every f-th fine corner), and of the rest only the corners of fine cells inside the coarse grid's
+    occupied cells are queried; the others are 0 (below ``threshold``, as every coarse corner outside is)."""
+    n = resolution + 1
+    pts = corner_points(resolution, radius, device)
+    f = int(coarse_factor)
+    if not (f > 1 and resolution % f == 0 and resolution // f >= 2):
+        return densities_at(field, pts, batch, chunk)
+    nc = resolution // f + 1
+    coarse = corner_densities(field, batch, radius, resolution // f, threshold, device, chunk)
+    cells = cells_from_corners((coarse > threshold).reshape(batch, nc, nc, nc)).any(0)
+    for dim in range(3):  # coarse cells -> the fine cells inside them
+        cells = cells.repeat_interleave(f, dim)
+    dens = torch.zeros(batch, n, n, n, device=pts.device)
+    dens[:, ::f, ::f, ::f] = coarse.reshape(batch, nc, nc, nc)
+    known = torch.zeros(n, n, n, dtype=torch.bool, device=pts.device)
+    known[::f, ::f, ::f] = True
+    todo = corners_of_cells(cells) & ~known.reshape(-1)
+    dens = dens.reshape(batch, -1)
+    dens[:, todo] = densities_at(field, pts[todo], batch, chunk)
+    return dens
 
 
 def cube_diagonal(radius: float) -> float:

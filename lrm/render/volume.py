@@ -224,7 +224,6 @@ class VolumeRenderer:
         # a mostly occupied grid (a foggy field) saves fewer queries than the bookkeeping costs
         return occupancy if occupancy.fraction() <= float(getattr(self.cfg, "skip_max_occupancy", 1.0)) else None
 
-
     def sample_count(self) -> int:
         """Coarse (uniform) samples per ray: ``render.inference_samples`` when no gradient is taken (and it is set),
         else ``render.n_samples``."""
