@@ -9,7 +9,8 @@ wall seconds and process CPU seconds, `time.process_time()`, which counts all th
   `model.decoder.fold_planes=false`, every one of `n_samples` + `n_importance` samples) vs the checkpoint's inference render:
   empty-space skipping + early termination (the grid built inside the call, as a single view pays for it), the
   folded decoder (lrm/models/plane_fold.py) and its `render.inference_samples` / `inference_importance` /
-  `occupancy_coarse_factor` / `skip_chunk`; and rows with one change at a time;
+  `occupancy_coarse_factor` / `skip_chunk` / `threads` (with --threads 2: two worker threads render chunks at once);
+  and rows with one change at a time;
   PSNR of new vs old; with ``--rounds R`` the variants run in turn R times (the single view 2R) and medians are
   reported;
 - the 24-frame turntable at the pipeline's video resolution: dense per frame vs one grid for all frames;
@@ -75,23 +76,26 @@ def row(name, old, new, target="", extra=""):
 
 
 @contextlib.contextmanager
-def renderer_as(model, fold=True, all_samples=False, mlp_precision=None):
+def renderer_as(model, fold=True, all_samples=False, mlp_precision=None, threads=None):
     """For the duration: ``model.decoder.fold_planes`` = ``fold`` (False: the decoder samples the planes with
     ``grid_sample`` and applies its first layer per point, as before lrm/models/plane_fold.py); with
     ``all_samples``, ``render.inference_samples`` and ``render.inference_importance`` unset (every one of
     ``n_samples`` + ``n_importance`` samples, as before); with ``mlp_precision``, that ``model.decoder.mlp_precision``
-    (bf16: the MLP in bf16 when no gradient is taken)."""
+    (bf16: the MLP in bf16 when no gradient is taken); with ``threads``, that ``render.threads`` (1: chunks one after
+    another on the calling thread, torch's intra-op threads inside each op, as before worker threads)."""
     dcfg, rcfg = model.decoder.cfg, model.renderer.cfg
-    was = dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision
+    was = dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision, rcfg.threads
     dcfg.fold_planes = was[0] and fold
     if all_samples:
         rcfg.inference_importance = rcfg.inference_samples = None
     if mlp_precision is not None:
         dcfg.mlp_precision = mlp_precision
+    if threads is not None:
+        rcfg.threads = threads
     try:
         yield
     finally:
-        dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision = was
+        dcfg.fold_planes, rcfg.inference_importance, rcfg.inference_samples, dcfg.mlp_precision, rcfg.threads = was
 
 
 def interleaved(fns, rounds):
@@ -114,13 +118,14 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
 
     def old_fn(c2w, intr, res):  # the renderer as the issue measured it: dense, every sample, decoder unfolded
         def fn():
-            with renderer_as(model, fold=False, all_samples=True):
+            with renderer_as(model, fold=False, all_samples=True, threads=1):
                 return render_views(model, tri, c2w, intr, res, False)
         return fn
 
-    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_samples=False, mlp_precision=None):
+    def new_fn(c2w, intr, res, occupancy="once", fold=True, skip=True, all_samples=False, mlp_precision=None,
+               threads=None):
         def fn():
-            with renderer_as(model, fold, all_samples, mlp_precision):
+            with renderer_as(model, fold, all_samples, mlp_precision, threads):
                 return render_views(model, tri, c2w, intr, res, occupancy if skip else False)
         return fn
 
@@ -130,12 +135,16 @@ def bench_views(pipe, tri, views=True, protocol=True, rounds=1, bf16_rows=False)
     label = "skipping + folded decoder" + "".join(f" + {x}" for x in fewer)
     if protocol:
         pc2w, pintr = protocol_cameras()
-        old, new, all_imp = interleaved([
-            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, all_samples=True)], rounds)
+        old, new, all_imp, one = interleaved([
+            old_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256), new_fn(pc2w, pintr, 256, all_samples=True),
+            new_fn(pc2w, pintr, 256, threads=1)], rounds)
         rows.append(row(f"evaluation protocol: 16 views at 256², new = {label}", old, new,
                         "<= 10 s per object", f"PSNR {psnr(old[0], new[0]):.1f} dB"))
         rows.append(row("  the same, new = skipping + folded decoder, every sample", old, all_imp, "",
                         f"PSNR {psnr(old[0], all_imp[0]):.1f} dB"))
+        if torch.get_num_threads() > 1:
+            rows.append(row("  the same, new without worker threads (render.threads=1: intra-op threads only)",
+                            old, one, "", f"PSNR {psnr(old[0], one[0]):.1f} dB"))
         if bf16_rows:
             fast = timed(new_fn(pc2w, pintr, 256, fold=False, mlp_precision="bf16"))
             rows.append(row("  the same, new = skipping + decoder.mlp_precision=bf16", old, fast, "<= 10 s per object",

@@ -152,6 +152,10 @@ class RenderConfig:
     # empty-space skipping still finds structures at its own resolution; coarse samples decide where importance
     # samples go, so a sharp field needs more of them than a blurry one)
     inference_samples: Optional[int] = None
+    # inference only (no autograd): chunks of rays rendered by this many threads at once, each with one intra-op
+    # thread (small decoder calls scale better across chunks than inside one op); 0 = torch.get_num_threads(),
+    # 1 = the calling thread only
+    threads: int = 0
 
 
 @dataclass

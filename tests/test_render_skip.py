@@ -263,3 +263,53 @@ def test_skip_chunk_changes_only_how_rays_are_grouped():
         x, y = a(field, o, d, occupancy=grid), b(field, o, d, occupancy=grid)
     for k in ("rgb", "opacity", "depth"):
         assert torch.allclose(x[k], y[k], atol=1e-6)
+
+
+class ThreadLog:
+    """A field that records, per call, the thread it ran on and the grad mode / intra-op threads it saw."""
+
+    def __init__(self, fn):
+        import threading
+
+        self.fn, self.calls, self.lock, self.threading = fn, [], threading.Lock(), threading
+
+    def __call__(self, p):
+        with self.lock:
+            self.calls.append((self.threading.get_ident(), torch.is_grad_enabled(), torch.get_num_threads()))
+        return self.fn(p)
+
+
+@pytest.mark.parametrize("occupancy", ["grid", False])
+def test_worker_threads_render_the_same_image(occupancy):
+    import threading
+
+    field = ThreadLog(ball())
+    o, d = view_rays(24)
+    serial = make_renderer(n_samples=24, n_importance=8, skip_chunk=50, chunk=50, threads=1)
+    threaded = make_renderer(n_samples=24, n_importance=8, skip_chunk=50, chunk=50, threads=3)
+    intra = torch.get_num_threads()
+    with torch.no_grad():
+        grid = serial.occupancy_grid(field) if occupancy == "grid" else False
+        field.calls.clear()
+        x = serial(field, o, d, occupancy=grid)
+        assert {c[0] for c in field.calls} == {threading.get_ident()}
+        field.calls.clear()
+        y = threaded(field, o, d, occupancy=grid)
+    for k in ("rgb", "opacity", "depth"):
+        assert torch.equal(x[k], y[k])
+    threads = {c[0] for c in field.calls}
+    assert threads - {threading.get_ident()}  # chunks after the first ran on worker threads
+    assert not any(c[1] for c in field.calls)  # the caller's no_grad reached the workers
+    assert all(c[2] == 1 for c in field.calls if c[0] != threading.get_ident())
+    assert torch.get_num_threads() == intra  # restored
+
+
+def test_worker_threads_not_used_with_autograd():
+    import threading
+
+    field = ThreadLog(ball())
+    o, d = view_rays(12)
+    r = make_renderer(n_samples=8, n_importance=0, chunk=20, threads=3)
+    out = r(field, o, d)
+    assert {c[0] for c in field.calls} == {threading.get_ident()}
+    assert out["rgb"].shape == (1, 144, 3)

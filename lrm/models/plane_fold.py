@@ -55,7 +55,9 @@ def plane_taps(u: torch.Tensor, v: torch.Tensor, height: int, width: int,
     stride = width + PAD_BEFORE + PAD_AFTER
     plane_rows = (height + PAD_BEFORE + PAD_AFTER) * stride
     cols = 4 * p + len(extra)
-    idx = torch.empty(cols, b, n, dtype=torch.long, device=device)
+    # int32 rows when the table allows: half the bytes to write, transpose and read (embedding_bag takes either)
+    itype = torch.int32 if b * p * plane_rows + len(extra) < 2 ** 31 else torch.long
+    idx = torch.empty(cols, b, n, dtype=itype, device=device)
     w = torch.empty(cols, b, n, dtype=u.dtype, device=device)
     i0, f = [], []
     for coord, size in ((u, width), (v, height)):
@@ -63,9 +65,9 @@ def plane_taps(u: torch.Tensor, v: torch.Tensor, height: int, width: int,
         x = x.clamp_(-1.0, float(size))
         lo = torch.floor(x)
         f.append(x.sub_(lo))
-        i0.append(lo.long())
+        i0.append(lo.to(itype))
     # first row of each (plane, batch) in the table, past the padding
-    first = torch.arange(b, device=device)[None, :] * p + torch.arange(p, device=device)[:, None]
+    first = (torch.arange(b, device=device)[None, :] * p + torch.arange(p, device=device)[:, None]).to(itype)
     base = i0[1].mul_(stride).add_(i0[0]).add_((first * plane_rows + PAD_BEFORE * (stride + 1))[..., None])
     fx, fy = f
     gx, gy = 1 - fx, 1 - fy

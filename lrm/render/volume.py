@@ -33,13 +33,18 @@ block by block along the ray, and a ray stops being queried once its transmittan
 through haze only) takes its importance samples' values by interpolating its coarse ones instead of querying. A grid more occupied than ``render.skip_max_occupancy`` (a foggy field, where skipping
 saves less than its bookkeeping costs) falls back to the dense path. The image equals the dense path's within the grid's tolerance (tests/test_render.py,
 tests/test_render_skip.py); ``occupancy=False`` or ``render.skip_empty=false`` forces the dense path. Rays are processed in chunks of ``chunk`` so memory is bounded at any resolution. This pure-torch path
-runs everywhere; on CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
+runs everywhere. Without autograd, chunks run on ``render.threads`` worker threads at once (default: torch's
+intra-op thread count), each with one intra-op thread: the decoder's calls are too small to split well across
+cores, whole chunks are not; the image does not depend on it (tested). On CUDA devices ``backend='nerfacc'`` (or ``auto``) uses nerfacc's packed sampling
 (lrm/render/nerfacc_backend.py) when its extension is available.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -134,6 +139,28 @@ def finish(density, rgb, deltas, t, bg, valid, return_samples: bool) -> Dict[str
     return out
 
 
+_intra_lock = threading.Lock()
+_intra_users = [0, 0]  # renders inside one_intra_op_thread, the thread count to restore when the last one leaves
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """torch's (process-wide) intra-op thread count at 1 for the duration; concurrent renders (the app serves
+    requests on threads) share one save / restore, so the count comes back whatever the order they finish in."""
+    with _intra_lock:
+        if _intra_users[0] == 0:
+            _intra_users[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _intra_users[0] += 1
+    try:
+        yield
+    finally:
+        with _intra_lock:
+            _intra_users[0] -= 1
+            if _intra_users[0] == 0:
+                torch.set_num_threads(_intra_users[1])
+
+
 class VolumeRenderer:
     """Config-driven renderer (``RenderConfig``). Stateless; safe to share."""
 
@@ -183,16 +210,42 @@ class VolumeRenderer:
         chunk = max(1, int(self.cfg.chunk))
         if grid is not None:
             chunk = max(1, int(getattr(self.cfg, "skip_chunk", None) or chunk))
-            outs = [self.render_chunk_skip(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, grid,
-                                           return_samples)
-                    for i in range(0, rays_o.shape[1], chunk)]
+            outs = self._map_chunks(lambda i: self.render_chunk_skip(
+                field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, grid, return_samples),
+                range(0, rays_o.shape[1], chunk), parallel=True)
         else:
-            outs = [self.render_chunk(field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize,
-                                      generator, return_samples)
-                    for i in range(0, rays_o.shape[1], chunk)]
+            # random jitter from a shared generator would depend on the threads' order: serial then
+            outs = self._map_chunks(lambda i: self.render_chunk(
+                field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize, generator, return_samples),
+                range(0, rays_o.shape[1], chunk), parallel=not (randomize and self.cfg.sampler == "stratified"))
         if len(outs) == 1:
             return outs[0]
         return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}
+
+    def worker_threads(self) -> int:
+        """Threads that render chunks at once (``render.threads``; 0 = torch's intra-op thread count)."""
+        n = int(getattr(self.cfg, "threads", 1) or 0)
+        return max(1, n if n > 0 else torch.get_num_threads())
+
+    def _map_chunks(self, fn, starts, parallel: bool):
+        """``[fn(i) for i in starts]``; without autograd, with ``parallel`` and more than one worker thread, the
+        chunks after the first run on a thread pool, each thread with one intra-op thread (restored after). The first
+        chunk runs here, so per-scene caches (the folded decoder's table) are filled before the threads start. Grad
+        and inference mode are thread-local: the workers take the caller's. Chunks are independent, so the result
+        does not depend on the threads (tests/test_render_skip.py)."""
+        starts = list(starts)
+        workers = min(self.worker_threads(), len(starts) - 1)
+        if not parallel or workers < 2 or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            return [fn(i) for i in starts]
+        first = fn(starts[0])
+        inference = torch.is_inference_mode_enabled()
+
+        def run(i):
+            with torch.inference_mode(inference), torch.no_grad():
+                return fn(i)
+
+        with one_intra_op_thread(), ThreadPoolExecutor(workers, thread_name_prefix="render") as pool:
+            return [first] + list(pool.map(run, starts[1:]))
 
     # ------------------------------------------------------------ empty-space skipping (inference)
     def path_length(self) -> float:
