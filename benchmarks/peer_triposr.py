@@ -1,0 +1,121 @@
+"""One 256² view at TripoSR's size: TripoSR's own renderer beside ours, interleaved in one process (same load).
+
+    git --git-dir=/work/.mirror/VAST-AI-Research+TripoSR/repo archive d26e331 tsr | tar -x -C /tmp/triposr_src
+    python benchmarks/peer_triposr.py --triposr /tmp/triposr_src [--threads 2] [--rounds 3] [--res 256]
+
+TripoSR's `TriplaneNeRFRenderer` and `NeRFMLP` are imported from the checkout at run time (nothing of them is copied
+here), built as its published config builds them (radius 0.87, 128 midpoint samples, concat of 3 × 40-channel planes,
+a 10-layer SiLU MLP of width 64, exp(raw - 1) density) with the chunk of 8,192 points that its `run.py` uses. Ours is
+`configs/triposr.yaml`'s decoder and renderer as `infer.py` runs them (`render.threads`, the folded decoder, the
+occupancy grid built in the call, which falls back to the dense path on this foggy random field). Both get the same
+random 3 × 40 × 64² planes and the same MLP weights (ours copied into theirs), and rays of one camera at
+`--res`²: the same work, timed as wall and process CPU seconds, medians over ``--rounds``. The images are not
+compared: the two codes order the planes' axes differently (lrm/convert/triposr.py maps checkpoints, not scenes).
+TripoSR's `tsr.utils` imports `rembg` at module level, which its renderer never uses; a stub module stands in when
+the package is absent. shared/reference-figures.md: TripoSR's view took 7.1 s there; the target is <= 0.3x.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def import_triposr(src: Path):
+    if not (src / "tsr" / "models" / "nerf_renderer.py").is_file():
+        raise SystemExit(f"--triposr {src}: not a TripoSR checkout (no tsr/models/nerf_renderer.py)")
+    try:
+        import rembg  # noqa: F401
+    except ImportError:
+        sys.modules["rembg"] = types.ModuleType("rembg")  # imported by tsr.utils, unused by the renderer
+    sys.path.insert(0, str(src))
+    from tsr.models.nerf_renderer import TriplaneNeRFRenderer
+    from tsr.models.network_utils import NeRFMLP
+
+    return TriplaneNeRFRenderer, NeRFMLP
+
+
+def ours_and_theirs(src: Path):
+    """(our model at TripoSR size, their renderer, their MLP with our decoder's weights)."""
+    from lrm.config import load_config
+    from lrm.models import build_model
+
+    Renderer, MLP = import_triposr(src)
+    torch.manual_seed(0)
+    cfg = load_config("triposr")
+    model = build_model(cfg).eval()
+    d, r = cfg.model.decoder, cfg.model.render
+    renderer = Renderer({"radius": float(r.radius), "feature_reduction": "concat", "density_activation": "exp",
+                         "density_bias": float(d.density_bias), "color_activation": "sigmoid",
+                         "num_samples_per_ray": int(r.n_samples)}).eval()
+    renderer.set_chunk_size(8192)
+    mlp = MLP({"in_channels": 3 * int(cfg.model.upsampler.channels), "n_neurons": int(d.hidden),
+               "n_hidden_layers": int(d.hidden_layers), "activation": "silu"}).eval()
+    ours = [m for m in model.decoder.layers if isinstance(m, torch.nn.Linear)]
+    theirs = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
+    if [tuple(m.weight.shape) for m in ours] != [tuple(m.weight.shape) for m in theirs]:
+        raise SystemExit("the two decoders' layer shapes differ")
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+    return model, cfg, renderer, mlp
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--triposr", required=True, type=Path, help="a TripoSR checkout (source tree)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--res", type=int, default=256)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from lrm import cameras as C
+
+    model, cfg, renderer, mlp = ours_and_theirs(a.triposr)
+    g = torch.Generator().manual_seed(0)
+    tri = torch.randn(1, 3, int(cfg.model.upsampler.channels), 64, 64, generator=g)
+    c2w = C.orbit_camera(30.0, 20.0, cfg.camera.distance)
+    intr = C.intrinsics_from_fov(cfg.camera.fov_deg)
+    rays_o, rays_d = C.get_rays(c2w, intr, a.res, a.res)
+
+    def theirs():
+        with torch.no_grad():
+            return renderer(mlp, tri[0], rays_o.view(a.res, a.res, 3), rays_d.view(a.res, a.res, 3))
+
+    def ours():
+        with torch.no_grad():
+            return model.render(tri, c2w[None, None], intr[None, None], a.res)["rgb"]
+
+    theirs(), ours()  # warm-up
+    runs = {"theirs": [], "ours": []}
+    for _ in range(a.rounds):
+        for name, fn in (("theirs", theirs), ("ours", ours)):
+            runs[name].append(timed(fn)[1:])
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in runs.items()}
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds, one {a.res}² view at TripoSR size "
+          f"({cfg.model.render.n_samples} samples per ray), random weights")
+    print("| renderer | wall s (median) | CPU s (median) | ours / TripoSR (wall) | target |")
+    print("|---|---|---|---|---|")
+    print(f"| TripoSR's own (chunk 8,192) | {med['theirs'][0]:.2f} | {med['theirs'][1]:.2f} | 1 | |")
+    print(f"| ours (`configs/triposr.yaml`) | {med['ours'][0]:.2f} | {med['ours'][1]:.2f} | "
+          f"{med['ours'][0] / med['theirs'][0]:.2f}x | <= 0.3x |")
+    print("all rounds (wall s):", {k: [round(x[0], 2) for x in v] for k, v in runs.items()})
+
+
+if __name__ == "__main__":
+    main()
