@@ -43,8 +43,9 @@ def import_triposr(src: Path):
     return TriplaneNeRFRenderer, NeRFMLP
 
 
-def ours_and_theirs(src: Path):
-    """(our model at TripoSR size, their renderer, their MLP with our decoder's weights)."""
+def ours_and_theirs(src: Path, scene):
+    """(our model at TripoSR size, its config, their renderer, their MLP with our decoder's weights, planes);
+    ``scene(our decoder's Linear layers)`` returns the planes (and may set those weights first)."""
     from lrm.config import load_config
     from lrm.models import build_model
 
@@ -63,11 +64,44 @@ def ours_and_theirs(src: Path):
     theirs = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
     if [tuple(m.weight.shape) for m in ours] != [tuple(m.weight.shape) for m in theirs]:
         raise SystemExit("the two decoders' layer shapes differ")
+    planes = scene(ours)
     with torch.no_grad():
         for a, b in zip(ours, theirs):
             b.weight.copy_(a.weight)
             b.bias.copy_(a.bias)
-    return model, cfg, renderer, mlp
+    return model, cfg, renderer, mlp, planes
+
+
+def ball_scene(linears, channels: int, res: int, radius: float, ball: float = 0.5, carry: float = 8.0):
+    """A scene with an object in empty space, held by TripoSR's network shape: planes whose channel 0 is
+    ``-a (u² + v²) + c / 3`` (so the three planes sum to ``c - 2 a |x|²``) and an MLP whose first layer adds those
+    up, every hidden layer passes its 4 live units on (SiLU is ~identity at ``carry`` above zero) and the last one
+    removes the carry: raw density ``c - 2 a |x|²`` (+4 at the centre, 0 on a sphere of radius ``ball``, ~-8 at the
+    cube's corners: empty there), colour from constant channels 1-3. The ball looks the same whichever way the two
+    codes order the planes' axes, so the two images can be compared. Weights are written into ``linears``
+    (ours, then copied into theirs) -> planes [1, 3, C, res, res]."""
+    a = 2.0 / ball ** 2
+    c = 4.0
+    lin = ((torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1) * radius  # texel centres, world units
+    v, u = torch.meshgrid(lin, lin, indexing="ij")
+    planes = torch.zeros(1, 3, channels, res, res)
+    planes[0, :, 0] = -a * (u ** 2 + v ** 2) + c / 3
+    planes[0, 0, 1:4] = torch.tensor([0.8, -0.4, 1.2])[:, None, None]  # colour logits
+    with torch.no_grad():
+        for m in linears:
+            m.weight.zero_()
+            m.bias.zero_()
+        first, last = linears[0], linears[-1]
+        for p in range(3):
+            first.weight[0, p * channels] = 1.0  # density: channel 0 of all three planes
+        for k in range(1, 4):
+            first.weight[k, k] = 1.0  # colour: channels 1-3 of plane 0
+        first.bias[:4] = carry
+        for m in linears[1:-1]:
+            m.weight[:4, :4] = torch.eye(4)
+        last.weight[:, :4] = torch.eye(4)
+        last.bias[:] = -carry
+    return planes
 
 
 def timed(fn):
@@ -82,13 +116,22 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--scene", choices=["random", "ball"], default="random",
+                    help="random planes (fog everywhere: nothing to skip) or a ball in empty space")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from lrm import cameras as C
 
-    model, cfg, renderer, mlp = ours_and_theirs(a.triposr)
-    g = torch.Generator().manual_seed(0)
-    tri = torch.randn(1, 3, int(cfg.model.upsampler.channels), 64, 64, generator=g)
+    from lrm.config import load_config
+
+    ch = int(load_config("triposr").model.upsampler.channels)
+    if a.scene == "ball":
+        def scene(ours_linears):
+            return ball_scene(ours_linears, ch, 64, float(load_config("triposr").model.render.radius))
+    else:
+        def scene(ours_linears):
+            return torch.randn(1, 3, ch, 64, 64, generator=torch.Generator().manual_seed(0))
+    model, cfg, renderer, mlp, tri = ours_and_theirs(a.triposr, scene)
     c2w = C.orbit_camera(30.0, 20.0, cfg.camera.distance)
     intr = C.intrinsics_from_fov(cfg.camera.fov_deg)
     rays_o, rays_d = C.get_rays(c2w, intr, a.res, a.res)
@@ -101,14 +144,21 @@ def main():
         with torch.no_grad():
             return model.render(tri, c2w[None, None], intr[None, None], a.res)["rgb"]
 
-    theirs(), ours()  # warm-up
+    t0, o0 = theirs(), ours()  # warm-up
+    if a.scene == "ball":  # symmetric scene: the images are comparable
+        from lrm.image_metrics import psnr
+
+        t_img, o_img = t0.reshape(1, a.res, a.res, 3), o0.reshape(1, a.res, a.res, 3)
+        centre = [round(float(x), 3) for x in t_img[0, a.res // 2, a.res // 2]]
+        print(f"ball scene: PSNR ours vs TripoSR's {psnr(t_img, o_img):.1f} dB; centre pixel {centre} (white = "
+              f"empty); occupancy grid {model.occupancy_grid(tri).fraction():.3f} of cells")
     runs = {"theirs": [], "ours": []}
     for _ in range(a.rounds):
         for name, fn in (("theirs", theirs), ("ours", ours)):
             runs[name].append(timed(fn)[1:])
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in runs.items()}
     print(f"torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds, one {a.res}² view at TripoSR size "
-          f"({cfg.model.render.n_samples} samples per ray), random weights")
+          f"({cfg.model.render.n_samples} samples per ray), scene {a.scene}")
     print("| renderer | wall s (median) | CPU s (median) | ours / TripoSR (wall) | target |")
     print("|---|---|---|---|---|")
     print(f"| TripoSR's own (chunk 8,192) | {med['theirs'][0]:.2f} | {med['theirs'][1]:.2f} | 1 | |")
