@@ -1,0 +1,41 @@
+"""tools/extrude_baseline.py: the extruded silhouette against analytic cases."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from lrm import cameras as C
+
+spec = importlib.util.spec_from_file_location("extrude_baseline", Path(__file__).resolve().parent.parent / "tools" /
+                                              "extrude_baseline.py")
+eb = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(eb)
+
+
+def square_view(res=64, half_px=8):
+    """Camera on the orbit at azimuth 0, a centred square mask 2 * half_px wide."""
+    c2w, k = C.orbit_camera(0.0, 0.0, 2.0), C.intrinsics_from_fov(40.0)
+    m = torch.zeros(res, res, dtype=torch.bool)
+    m[res // 2 - half_px:res // 2 + half_px, res // 2 - half_px:res // 2 + half_px] = True
+    return m, c2w, k
+
+
+def test_extrusion_depth_is_the_row_width_times_the_scale():
+    m, c2w, k = square_view()
+    res = m.shape[0]
+    width = 16 / (float(k[0]) * res) * 2.0  # world width of the square at the origin's depth
+    axis = c2w[:3, 3] / c2w[:3, 3].norm()  # unit vector from the origin to the camera
+    for scale in (0.5, 1.0):
+        inside = eb.extruded_inside(m, c2w, k, scale)
+        half = width * scale / 2
+        pts = torch.stack([axis * s for s in (0.0, 0.9 * half, -0.9 * half, 1.1 * half, -1.1 * half)])
+        assert inside(pts).tolist() == [True, True, True, False, False]
+        assert inside(pts, hull_only=True).all()  # the hull is unbounded in depth
+    beside = (c2w[:3, 1] * width)[None]  # one square-width along the camera's vertical axis: off the mask
+    assert not eb.extruded_inside(m, c2w, k, 1.0)(beside).any()
+
+
+def test_silhouette_from_the_input_camera_is_the_mask():
+    m, c2w, k = square_view()
+    sil = eb.silhouette(eb.extruded_inside(m, c2w, k, 1.0), c2w, k, 64, hull_only=False)
+    assert torch.equal(sil, m)
