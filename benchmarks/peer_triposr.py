@@ -17,9 +17,7 @@ the package is absent. shared/reference-figures.md: TripoSR's view took 7.1 s th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_render import interleaved  # noqa: E402  (benchmarks/ is this script's folder)
 
 
 def import_triposr(src: Path):
@@ -43,15 +43,13 @@ def import_triposr(src: Path):
     return TriplaneNeRFRenderer, NeRFMLP
 
 
-def ours_and_theirs(src: Path, scene):
-    """(our model at TripoSR size, its config, their renderer, their MLP with our decoder's weights, planes);
+def ours_and_theirs(src: Path, cfg, scene):
+    """(our model of ``cfg`` (TripoSR's size), their renderer, their MLP with our decoder's weights, planes);
     ``scene(our decoder's Linear layers)`` returns the planes (and may set those weights first)."""
-    from lrm.config import load_config
     from lrm.models import build_model
 
     Renderer, MLP = import_triposr(src)
     torch.manual_seed(0)
-    cfg = load_config("triposr")
     model = build_model(cfg).eval()
     d, r = cfg.model.decoder, cfg.model.render
     renderer = Renderer({"radius": float(r.radius), "feature_reduction": "concat", "density_activation": "exp",
@@ -69,7 +67,7 @@ def ours_and_theirs(src: Path, scene):
         for a, b in zip(ours, theirs):
             b.weight.copy_(a.weight)
             b.bias.copy_(a.bias)
-    return model, cfg, renderer, mlp, planes
+    return model, renderer, mlp, planes
 
 
 def ball_scene(linears, channels: int, res: int, radius: float, ball: float = 0.5, carry: float = 8.0):
@@ -104,12 +102,6 @@ def ball_scene(linears, channels: int, res: int, radius: float, ball: float = 0.
     return planes
 
 
-def timed(fn):
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--triposr", required=True, type=Path, help="a TripoSR checkout (source tree)")
@@ -121,17 +113,17 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from lrm import cameras as C
-
     from lrm.config import load_config
 
-    ch = int(load_config("triposr").model.upsampler.channels)
+    cfg = load_config("triposr")
+    ch = int(cfg.model.upsampler.channels)
     if a.scene == "ball":
         def scene(ours_linears):
-            return ball_scene(ours_linears, ch, 64, float(load_config("triposr").model.render.radius))
+            return ball_scene(ours_linears, ch, 64, float(cfg.model.render.radius))
     else:
         def scene(ours_linears):
             return torch.randn(1, 3, ch, 64, 64, generator=torch.Generator().manual_seed(0))
-    model, cfg, renderer, mlp, tri = ours_and_theirs(a.triposr, scene)
+    model, renderer, mlp, tri = ours_and_theirs(a.triposr, cfg, scene)
     c2w = C.orbit_camera(30.0, 20.0, cfg.camera.distance)
     intr = C.intrinsics_from_fov(cfg.camera.fov_deg)
     rays_o, rays_d = C.get_rays(c2w, intr, a.res, a.res)
@@ -152,11 +144,8 @@ def main():
         centre = [round(float(x), 3) for x in t_img[0, a.res // 2, a.res // 2]]
         print(f"ball scene: PSNR ours vs TripoSR's {psnr(t_img, o_img):.1f} dB; centre pixel {centre} (white = "
               f"empty); occupancy grid {model.occupancy_grid(tri).fraction():.3f} of cells")
-    runs = {"theirs": [], "ours": []}
-    for _ in range(a.rounds):
-        for name, fn in (("theirs", theirs), ("ours", ours)):
-            runs[name].append(timed(fn)[1:])
-    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in runs.items()}
+    (_, *theirs_s), (_, *ours_s) = interleaved([theirs, ours], a.rounds)  # medians of (wall, CPU) seconds
+    med = {"theirs": theirs_s, "ours": ours_s}
     print(f"torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds, one {a.res}² view at TripoSR size "
           f"({cfg.model.render.n_samples} samples per ray), scene {a.scene}")
     print("| renderer | wall s (median) | CPU s (median) | ours / TripoSR (wall) | target |")
@@ -164,7 +153,6 @@ def main():
     print(f"| TripoSR's own (chunk 8,192) | {med['theirs'][0]:.2f} | {med['theirs'][1]:.2f} | 1 | |")
     print(f"| ours (`configs/triposr.yaml`) | {med['ours'][0]:.2f} | {med['ours'][1]:.2f} | "
           f"{med['ours'][0] / med['theirs'][0]:.2f}x | <= 0.3x |")
-    print("all rounds (wall s):", {k: [round(x[0], 2) for x in v] for k, v in runs.items()})
 
 
 if __name__ == "__main__":
