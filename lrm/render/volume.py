@@ -212,13 +212,12 @@ class VolumeRenderer:
             chunk = max(1, int(getattr(self.cfg, "skip_chunk", None) or chunk))
             outs = self._map_chunks(lambda i: self.render_chunk_skip(
                 field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, grid, return_samples),
-                range(0, rays_o.shape[1], chunk), parallel=rays_o.device.type == "cpu")
+                range(0, rays_o.shape[1], chunk), rays_o.device)
         else:
             # random jitter from a shared generator would depend on the threads' order: serial then
             outs = self._map_chunks(lambda i: self.render_chunk(
                 field, rays_o[:, i:i + chunk], rays_d[:, i:i + chunk], bg, randomize, generator, return_samples),
-                range(0, rays_o.shape[1], chunk),
-                parallel=rays_o.device.type == "cpu" and not (randomize and self.cfg.sampler == "stratified"))
+                range(0, rays_o.shape[1], chunk), rays_o.device, serial=randomize and self.cfg.sampler == "stratified")
         if len(outs) == 1:
             return outs[0]
         return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}
@@ -228,16 +227,17 @@ class VolumeRenderer:
         n = int(getattr(self.cfg, "threads", 1) or 0)
         return max(1, n if n > 0 else torch.get_num_threads())
 
-    def _map_chunks(self, fn, starts, parallel: bool):
-        """``[fn(i) for i in starts]``. Without autograd or CPU autocast, with ``parallel`` (CPU tensors: a GPU
-        gains nothing from host threads) and more than one worker thread, the chunks after the first run on a thread
-        pool, each thread with one intra-op thread (restored after). The first chunk runs here, so per-scene caches
-        (the folded decoder's table) are filled before the threads start. Grad and inference mode are thread-local:
-        the workers take the caller's. Chunks are independent, so the result does not depend on the threads
-        (tests/test_render_skip.py)."""
+    def _map_chunks(self, fn, starts, device: torch.device, serial: bool = False):
+        """``[fn(i) for i in starts]``. Unless ``serial``, without autograd or CPU autocast, on a CPU ``device`` (a
+        GPU gains nothing from host threads) and with more than one worker thread, the chunks after the first run on a
+        thread pool, each thread with one intra-op thread (restored after). The first chunk runs here, so per-scene
+        caches (the folded decoder's table) are filled before the threads start. Grad and inference mode are
+        thread-local: the workers take the caller's. Chunks are independent, so the result does not depend on the
+        threads (tests/test_render_skip.py)."""
         starts = list(starts)
         workers = min(self.worker_threads(), len(starts) - 1)
-        if not parallel or workers < 2 or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        if (serial or device.type != "cpu" or workers < 2 or torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu")):
             return [fn(i) for i in starts]
         first = fn(starts[0])
         inference = torch.is_inference_mode_enabled()
