@@ -39,3 +39,18 @@ def test_silhouette_from_the_input_camera_is_the_mask():
     m, c2w, k = square_view()
     sil = eb.silhouette(eb.extruded_inside(m, c2w, k, 1.0), c2w, k, 64, hull_only=False)
     assert torch.equal(sil, m)
+
+
+def test_front_depth_extrusion_starts_at_the_visible_surface():
+    m, c2w, k = square_view()
+    res = m.shape[0]
+    width = 16 / (float(k[0]) * res) * 2.0
+    axis = c2w[:3, 3] / c2w[:3, 3].norm()
+    dist = float(c2w[:3, 3].norm())
+    front_t = dist - 0.1  # a wall 0.1 in front of the origin (ray distance ~ camera distance near the centre)
+    dirs = C.camera_directions(C.pixel_grid(res, res), k, res, res)
+    front = torch.where(m, front_t * dirs.norm(dim=-1).view(res, res) / 1.0, torch.zeros(res, res))
+    inside = eb.extruded_inside(m, c2w, k, 1.0, front)
+    # along the axis: empty in front of the wall, inside for one row width behind it, empty after
+    pts = torch.stack([axis * s for s in (0.15, 0.05, -0.1 + 0.5 * width, 0.1 - 1.05 * width)])
+    assert inside(pts).tolist() == [False, True, True, False]

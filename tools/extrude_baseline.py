@@ -9,6 +9,10 @@ silhouette against the view's alpha, area-downsampled), averaged over objects. T
 target 0 here (``input_in_targets``), so the 4 novel views are other draws from the same distribution than the
 validation pass's, not the very same views. Silhouettes come from 192 points per ray through the cube of half-size
 1. Also printed: the whole visual hull of the input view (depth unbounded within the cube).
+
+``--front-depth`` is an oracle, not a baseline: each pixel's extrusion starts at the input view's true depth (the
+shards' depth map) and reaches ``--depth-scale`` x its row's width behind it. It measures what a model that got the
+visible surface exactly right, and guessed only the thickness, would score.
 """
 from __future__ import annotations
 
@@ -26,12 +30,16 @@ from lrm import cameras as C  # noqa: E402
 from lrm.image_metrics import mask_iou  # noqa: E402
 
 
-def extruded_inside(mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor, depth_scale: float):
+def extruded_inside(mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor, depth_scale: float,
+                    front: torch.Tensor | None = None):
     """-> inside(points [N, 3], hull_only) -> bool [N]: in the silhouette ``mask`` [H, W] seen from (c2w,
-    intrinsics), and (unless ``hull_only``) within half of ``depth_scale`` x its row's width of the origin's depth."""
+    intrinsics), and (unless ``hull_only``) within half of ``depth_scale`` x its row's width of the origin's depth;
+    with ``front`` (ray-distance depth [H, W]), between the front surface and ``depth_scale`` x the row's width
+    behind it."""
     h, w = mask.shape
     dist = float(c2w[:3, 3].norm())
     half = mask.float().sum(1) / (float(intrinsics[0]) * w) * dist / 2 * depth_scale  # [H] world units
+    origin = c2w[:3, 3]
 
     def inside(p: torch.Tensor, hull_only: bool = False) -> torch.Tensor:
         uv, z = C.project_points(p, c2w, intrinsics, h, w)
@@ -43,7 +51,12 @@ def extruded_inside(mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Ten
             return hit
         hv = torch.zeros_like(z)
         hv[ok] = half[v[ok]]
-        return hit & ((z - dist).abs() <= hv)
+        if front is None:
+            return hit & ((z - dist).abs() <= hv)
+        t = (p - origin).norm(dim=-1)
+        f = torch.zeros_like(z)
+        f[ok] = front[v[ok], u[ok]]
+        return hit & (f > 0) & (t >= f) & (t <= f + 2 * hv)
 
     return inside
 
@@ -67,16 +80,19 @@ def main(argv=None) -> int:
     ap.add_argument("--depth-scale", type=float, default=1.0, help="row depth = this x the row's width")
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--front-depth", action="store_true", help="oracle: start each pixel's extrusion at the input "
+                    "view's true depth")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     loader = make_loader(a.data, num_views_target=a.views + 1, image_size=128, batch_size=1, num_workers=0,
-                         shuffle=False, seed=0, split="val", background="white", repeat=False, input_in_targets=True)
+                         shuffle=False, seed=0, split="val", background="white", repeat=False, input_in_targets=True,
+                         extras={"depth": True} if a.front_depth else None)
     scores = {False: [], True: []}
     for n, b in enumerate(loader):
         if a.limit and n >= a.limit:
             break
         inside = extruded_inside(b["target_mask"][0, 0] >= 0.5, b["target_c2w"][0, 0], b["target_intrinsics"][0, 0],
-                                 a.depth_scale)
+                                 a.depth_scale, b["target_depth"][0, 0] if a.front_depth else None)
         for hull_only in (False, True):
             ious = []
             for k in range(1, a.views + 1):
@@ -87,7 +103,8 @@ def main(argv=None) -> int:
     if not scores[False]:
         print(f"error: no val objects in {a.data}", file=sys.stderr)
         return 2
-    print(f"{len(scores[False])} val objects x {a.views} novel views at {a.res}^2: extruded silhouette (row depth = "
+    what = "extruded from the true front depth" if a.front_depth else "extruded silhouette"
+    print(f"{len(scores[False])} val objects x {a.views} novel views at {a.res}^2: {what} (row depth = "
           f"{a.depth_scale} x row width) mask IoU {np.mean(scores[False]):.3f}; the input view's whole visual hull "
           f"{np.mean(scores[True]):.3f}")
     return 0

@@ -18,6 +18,7 @@ B objects, V input views, K supervision views, S×S images, N occupancy points, 
     surface_points    [B, M, 3]        surface samples (canonical frame)
     surface_rgb       [B, M, 3]        their colour as the views show it
     target_depth      [B, K, S, S]     ray distance of the visible surface, 0 off the object
+    input_depth       [B, S, S]        the same for input view 0
 
 V per batch: ``data.num_input_views`` is an int (every batch has V views) or a range ``[lo, hi]``: each batch then
 has its own V, drawn uniformly in lo..hi by :func:`input_views_at` from ``(seed, key)`` alone, where the key is the
@@ -38,6 +39,7 @@ REQUIRED = {
 }
 OPTIONAL = {
     "points": "BN3", "occupancy": "BN", "surface_points": "BM3", "surface_rgb": "BM3", "target_depth": "BKSS",
+    "input_depth": "BSS",
 }
 NAMED_BACKGROUNDS = {"white": 1.0, "black": 0.0, "grey": 0.5, "gray": 0.5}
 

@@ -3,7 +3,7 @@
 ``make_loader`` yields the training batch of :mod:`lrm.data.batch` (keys and shapes there and in
 docs/conventions.md); ``extras`` asks for the optional 3D and depth supervision keys: ``points = N`` occupancy
 points and labels, ``surface_points = M`` surface samples and colours (lrm/data/points.py, rotated into the
-canonical frame), ``depth = True`` the supervision views' ray-distance depth.
+canonical frame), ``depth = True`` the supervision views' ray-distance depth, ``input_depth = True`` input view 0's.
 
 ``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
 the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
@@ -261,6 +261,8 @@ class _Decoder:
             extra.update(_sample_points(sample, M, n_pts, n_surf, self.rng, color))
         if self.extras.get("depth"):
             extra["target_depth"] = _depth_maps(sample, targets, head, self.size, rgba[v:, ..., 3]).contiguous()
+        if self.extras.get("input_depth"):
+            extra["input_depth"] = _depth_maps(sample, inputs[:1], head, self.size, rgba[:1, ..., 3])[0].contiguous()
         return {**extra,
             "input_images": rgb[:v].permute(0, 3, 1, 2).contiguous(),
             "input_cameras": camera_vector(c2w_c[:v], K[:v]),

@@ -22,7 +22,8 @@ def loader_extras(cfg) -> Dict:
     lc, pc = cfg.train.loss, cfg.train.points
     return {"points": int(pc.occupancy) if float(lc.occupancy) > 0 else 0,
             "surface_points": int(pc.surface) if float(lc.surface_rgb) > 0 else 0,
-            "depth": float(lc.depth) > 0, "color_jitter": float(cfg.data.color_jitter)}
+            "depth": float(lc.depth) > 0, "input_depth": float(lc.get("input_depth", 0)) > 0,
+            "color_jitter": float(cfg.data.color_jitter)}
 
 
 class SyntheticSource:

@@ -134,6 +134,10 @@ class LossConfig:
     occupancy: float = 0.0
     surface_rgb: float = 0.0
     depth: float = 0.0  # L1 between rendered expected depth and the target's, on foreground rays
+    # L1 between pixel-plane channel 3 (model.pixel_plane) and the input view's own depth, as the plane's depth offset
+    # (z - distance) / radius on the object: the plane then tells the decoder where the visible surface is along
+    # each input ray, and the decoder reads the point's offset from it in its first layer (docs/training.md)
+    input_depth: float = 0.0
 
 
 @dataclass

@@ -113,6 +113,34 @@ def depth_l1(depth: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     return (depth.float() - target.float()).abs()[fg].mean()
 
 
+def input_depth_offsets(depth: torch.Tensor, intrinsics: torch.Tensor, size: int, distance: float, radius: float,
+                        fov_deg: float):
+    """The input view's ray-distance depth [B, S, S] (0 off the object) and intrinsics [B, 4] -> (offset, weight), each
+    [B, size, size] on the pixel plane's grid (the canonical camera's image plane, lrm/models/pixel_plane.py): the depth
+    offset (z - distance) / radius that the decoder reads for a point, averaged over the object's pixels, and the
+    fraction of each plane cell the object covers."""
+    from ..cameras import camera_directions, pixel_grid
+    from ..models.pixel_plane import canonical_grid
+
+    b, s = depth.shape[0], depth.shape[-1]
+    d = depth.float()
+    dirs = camera_directions(pixel_grid(s, s, device=d.device).expand(b, -1, -1), intrinsics.float()[:, None], s, s)
+    z = d / dirs.norm(dim=-1).view(b, s, s)  # ray distance -> depth along the camera axis
+    valid = (d > 0).float()
+    grid = canonical_grid(intrinsics.float(), size, fov_deg)
+    both = torch.stack([(z - distance) / radius * valid, valid], 1)
+    num, weight = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False).unbind(1)
+    return num / weight.clamp_min(1e-6), weight
+
+
+def input_depth_l1(predicted: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean |predicted - offset| over plane cells mostly on the object (weight > 0.5); 0 when there are none."""
+    fg = weight > 0.5
+    if not bool(fg.any()):
+        return predicted.sum() * 0.0
+    return (predicted.float() - offset).abs()[fg].mean()
+
+
 def point_terms(out: Dict[str, torch.Tensor], targets: Dict, lcfg) -> Dict[str, torch.Tensor]:
     """Unweighted 3D-supervision and depth terms for the weights in ``lcfg`` that are on."""
     terms: Dict[str, torch.Tensor] = {}
@@ -123,6 +151,8 @@ def point_terms(out: Dict[str, torch.Tensor], targets: Dict, lcfg) -> Dict[str, 
         terms["surface_rgb"] = F.mse_loss(out["point_rgb"][:, n:].float(), targets["surface_rgb"].float())
     if float(lcfg.get("depth", 0)) > 0 and targets.get("depth") is not None:
         terms["depth"] = depth_l1(out["depth"], targets["depth"], targets["mask"])
+    if float(lcfg.get("input_depth", 0)) > 0 and targets.get("input_depth") is not None:
+        terms["input_depth"] = input_depth_l1(targets["predicted_input_depth"], *targets["input_depth"])
     return terms
 
 

@@ -20,7 +20,7 @@ from ..checkpoint import save_state_dict
 from ..data.batch import check_batch
 from .data import make_source, resolve_source
 from ..image_metrics import mask_iou, psnr
-from .losses import compute_losses, load_lpips
+from .losses import compute_losses, input_depth_offsets, load_lpips
 from .runner import to_device
 from .task import Task
 
@@ -119,20 +119,37 @@ class TrainStep(torch.nn.Module):
         return {k: torch.cat([o[k] for o in outs], 1) for k in outs[0]}
 
 
-def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None) -> Dict:
-    """Loss terms of one micro-batch through a (possibly DDP/DeepSpeed-wrapped) :class:`TrainStep`."""
+def step_losses(step_module, batch: Dict, tcfg, generator: torch.Generator, lpips_model=None, mcfg=None) -> Dict:
+    """Loss terms of one micro-batch through a (possibly DDP/DeepSpeed-wrapped) :class:`TrainStep`; ``mcfg`` (the
+    ``model`` section) is needed by the input-depth term only."""
     rays_o, rays_d, t_rgb, t_mask, patch, t_depth = sample_rays(batch, tcfg.render, generator)
     parts = [batch[k] for k in ("points", "surface_points") if k in batch]
     points = torch.cat(parts, 1) if parts else None
     out, tri = step_module(batch["input_images"], batch["input_cameras"], rays_o, rays_d,
                            batch["background"][:, None, :], generator, points)
     targets = {"depth": t_depth}
+    if float(tcfg.loss.get("input_depth", 0)) > 0:
+        targets.update(input_depth_targets(batch, tri, mcfg))
     if points is not None:
         n = batch["points"].shape[1] if "points" in batch else 0
         targets.update(occupancy=batch.get("occupancy"), surface_rgb=batch.get("surface_rgb"),
                        n_occupancy=n, point_step=float(tcfg.points.step))
     return compute_losses(out, t_rgb, t_mask, tcfg.loss, triplanes=tri, lpips_model=lpips_model, patch=patch,
                           targets=targets)
+
+
+def input_depth_targets(batch: Dict, tri: torch.Tensor, mcfg) -> Dict:
+    """What the input-depth term compares (lrm/training/losses.py): pixel-plane channel 3 and the input view's depth
+    offsets on the plane's grid."""
+    if mcfg is None or not mcfg.pixel_plane.enabled or tri.shape[1] != 4:
+        raise ValueError("train.loss.input_depth needs the pixel plane (model.pixel_plane.enabled: true)")
+    if "input_depth" not in batch:
+        raise ValueError("train.loss.input_depth needs the input view's depth in the batch (shards built with depth)")
+    pp = mcfg.pixel_plane
+    intr = batch["input_cameras"][:, 0, 12:16]
+    offset = input_depth_offsets(batch["input_depth"], intr, tri.shape[-1], float(pp.distance),
+                                 float(mcfg.render.radius), float(pp.fov_deg))
+    return {"predicted_input_depth": tri[:, 3, 3], "input_depth": offset}
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -239,7 +256,7 @@ class LRMTask(Task):
             self.lpips_model.to(device)
 
     def step_losses(self, module: torch.nn.Module, batch: Dict, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        return step_losses(module, batch, self.cfg.train, generator, self.lpips_model)
+        return step_losses(module, batch, self.cfg.train, generator, self.lpips_model, self.cfg.model)
 
     def validation_batch(self, device: torch.device) -> Optional[Dict]:
         return to_device(fixed_val_batch(self.cfg), device)

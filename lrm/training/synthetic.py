@@ -239,6 +239,8 @@ class SyntheticMultiView:
             extra.update(object_points(obj, n_occ, n_surf, _gen(self.seed, self._split_key, 2, index), M))
         if self.extras.get("depth"):
             extra["target_depth"] = depth[v:]
+        if self.extras.get("input_depth"):
+            extra["input_depth"] = depth[0]
         return {**extra,
             "input_images": inp.permute(0, 3, 1, 2).contiguous(),
             "input_cameras": cam.camera_vector(c2w_canon[:v], intr[:v]),
