@@ -30,6 +30,7 @@ JITTER = ["data.color_jitter=0.5"]
 PIXEL = ["model.pixel_plane.enabled=true"]  # pixel-aligned features (lrm/models/pixel_plane.py)
 PLANES64 = ["model.upsampler.kernel=4"]  # 64² planes instead of 32²
 DEPTH_GATE = ["model.pixel_plane.depth_bands=4"]  # pixel features gated by depth bands (lrm/models/decoder.py)
+INPUT_DEPTH = ["train.loss.input_depth=1.0"]  # pixel-plane channel 3 supervised by the input view's depth
 #: recipe name -> overrides on top of configs/tiny.yaml's training section as it was before these switches
 RECIPES = {
     "baseline": [],
@@ -41,11 +42,14 @@ RECIPES = {
     "all-bf16-pixel": THREE_D + DEPTH + JITTER + ["train.mixed_precision=bf16"] + PIXEL,
     "all-bf16-pixel64": THREE_D + DEPTH + JITTER + ["train.mixed_precision=bf16"] + PIXEL + PLANES64,
     "all-bf16-pixel64-gate": THREE_D + DEPTH + JITTER + ["train.mixed_precision=bf16"] + PIXEL + PLANES64 + DEPTH_GATE,
+    # fp32: for CPUs without native bf16 (there bf16 is emulated and slower)
+    "all-pixel64": THREE_D + DEPTH + JITTER + PIXEL + PLANES64,
+    "all-pixel64-indepth": THREE_D + DEPTH + JITTER + PIXEL + PLANES64 + INPUT_DEPTH,
 }
 #: the switches tiny.yaml turns on now, reset so "baseline" is the previous recipe
 OFF = ["train.loss.occupancy=0", "train.loss.surface_rgb=0", "train.loss.depth=0", "data.color_jitter=0",
        "train.mixed_precision=no", "model.pixel_plane.enabled=false", "model.upsampler.kernel=2",
-       "model.pixel_plane.depth_bands=0"]
+       "model.pixel_plane.depth_bands=0", "train.loss.input_depth=0"]
 
 
 def train_cmd(name: str, out: Path, minutes: float, threads: int, extra) -> list:

@@ -85,3 +85,13 @@ def test_a_training_step_with_the_term_reaches_the_pixel_plane():
     cfg2 = build_config("tiny", MICRO + ["model.pixel_plane.enabled=false", "train.loss.input_depth=1.0"], max_steps=1)
     with pytest.raises(ValueError, match="pixel plane"):
         step_losses(TrainStep(build_model(cfg2)), b, cfg2.train, torch.Generator().manual_seed(0), mcfg=cfg2.model)
+
+
+def test_a_batch_is_each_object_on_its_own():
+    d = torch.rand(3, 16, 16) + 1.5
+    d[1, :4] = 0
+    intr = torch.stack([C.intrinsics_from_fov(f) for f in (40.0, 30.0, 50.0)])
+    off, w = input_depth_offsets(d, intr, 8, CANONICAL_DISTANCE, RADIUS, CANONICAL_FOV_DEG)
+    for k in range(3):
+        o1, w1 = input_depth_offsets(d[k:k + 1], intr[k:k + 1], 8, CANONICAL_DISTANCE, RADIUS, CANONICAL_FOV_DEG)
+        assert torch.allclose(o1[0], off[k]) and torch.allclose(w1[0], w[k])

@@ -124,7 +124,7 @@ def input_depth_offsets(depth: torch.Tensor, intrinsics: torch.Tensor, size: int
 
     b, s = depth.shape[0], depth.shape[-1]
     d = depth.float()
-    dirs = camera_directions(pixel_grid(s, s, device=d.device).expand(b, -1, -1), intrinsics.float()[:, None], s, s)
+    dirs = camera_directions(pixel_grid(s, s, device=d.device).expand(b, -1, -1), intrinsics.float(), s, s)
     z = d / dirs.norm(dim=-1).view(b, s, s)  # ray distance -> depth along the camera axis
     valid = (d > 0).float()
     grid = canonical_grid(intrinsics.float(), size, fov_deg)
