@@ -559,6 +559,34 @@ def test_validation_pass_covers_the_split_and_scores_an_empty_model_analytically
     assert a["mask_iou"] == 0.0
 
 
+def test_validation_scores_the_input_depth_channel_without_changing_the_views(shardset):
+    """``evaluate_split(..., input_depth=True)``: the same views and scores, plus channel 3's L1 against the input view's
+    depth, equal to the training term computed on the loader's own batch."""
+    from lrm.config import load_config
+    from lrm.data import make_loader
+    from lrm.models import build_model
+    from lrm.training.losses import input_depth_l1, input_depth_offsets
+    from lrm.training.validation import evaluate_split
+
+    out, _ = shardset
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    model = build_model(cfg).eval()
+    kw = dict(views=2, resolution=RES, image_size=RES, progress=False, limit=1)
+    base = evaluate_split(model, str(out), **kw)
+    with_depth = evaluate_split(model, str(out), input_depth=True, **kw)
+    assert with_depth["psnr"] == base["psnr"] and with_depth["mask_iou"] == base["mask_iou"]
+    torch.manual_seed(1234)
+    b = next(iter(make_loader(str(out), num_views_target=2, image_size=RES, batch_size=1, shuffle=False, seed=1234,
+                              split="val", background="white", repeat=False, extras={"input_depth": True})))
+    with torch.no_grad():
+        tri = model(b["input_images"], b["input_cameras"])
+    off, w = input_depth_offsets(b["input_depth"], b["input_cameras"][:, 0, 12:16], tri.shape[-1],
+                                 cfg.model.pixel_plane.distance, cfg.model.render.radius, cfg.model.pixel_plane.fov_deg)
+    assert (w > 0.5).any()
+    assert with_depth["input_depth_l1"] == pytest.approx(float(input_depth_l1(tri[:, 3, 3], off, w)), rel=1e-5)
+
+
 def test_validation_of_refined_scenes(shardset):
     """``evaluate_split(..., refine=cfg)`` scores the scene refined on the input view: zero refinement steps give
     the unrefined numbers exactly, some steps change them."""

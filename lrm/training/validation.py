@@ -52,9 +52,12 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
 @torch.no_grad()
 def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image_size: int = 64,
                    limit: Optional[int] = None, seed: int = 1234, progress: bool = True,
-                   mesh_thresholds: Sequence[float] = (), refine=None, split: str = "val") -> Dict:
+                   mesh_thresholds: Sequence[float] = (), refine=None, split: str = "val",
+                   input_depth: bool = False) -> Dict:
     """Every val object scored as the module docstring says; ``refine`` (a ``RefineConfig``, mode ref: no prior)
-    refines each object's scene on its input view first and scores the refined scene."""
+    refines each object's scene on its input view first and scores the refined scene. ``input_depth``: also the L1
+    (cube radii) of pixel-plane channel 3 against the input view's depth offsets (models trained with
+    ``train.loss.input_depth``)."""
     from tqdm import tqdm
 
     from lrm.data import make_loader
@@ -65,7 +68,8 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         torch.manual_seed(seed)  # the loader's view choice also depends on torch.initial_seed()
         batches = list(_take(make_loader(data, num_views_target=views, image_size=image_size, batch_size=1,
                                          num_workers=0, shuffle=False, seed=seed, split=split, background="white",
-                                         repeat=False), limit))
+                                         repeat=False, extras={"input_depth": True} if input_depth else None),
+                             limit))
     rows = []
     for batch in tqdm(batches, desc=f"{split} objects", disable=not progress):
         if refine is None:
@@ -76,6 +80,8 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
             model.train(was)
             out = validate(model, batch, resolution, views, refined_triplane(model, batch, tri, refine))
         rows.append({"uid": batch["uid"][0], "psnr": float(out["psnr"]), "mask_iou": float(out["mask_iou"])})
+        if input_depth:
+            rows[-1]["input_depth_l1"] = input_depth_error(model, batch, out["triplane"])
         if mesh_thresholds:
             ious = mesh_silhouette_ious(model, out["triplane"], batch["target_c2w"][0, :views],
                                         batch["target_intrinsics"][0, :views], out["target_mask"][0], mesh_thresholds)
@@ -85,10 +91,22 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     result = {"objects": len(rows), "views_per_object": views, "resolution": resolution,
               "psnr": mean("psnr"), "mask_iou": mean("mask_iou")}
+    if input_depth:
+        result["input_depth_l1"] = mean("input_depth_l1")
     if mesh_thresholds:
         result["mesh_iou"] = {float(t): sum(r["mesh_iou"][float(t)] for r in rows) / len(rows) for t in mesh_thresholds}
     result["per_object"] = rows
     return result
+
+
+def input_depth_error(model, batch: Dict, triplane: torch.Tensor) -> float:
+    """L1 (cube radii) between pixel-plane channel 3 and the input view's depth offsets on the cells the object
+    covers (the ``train.loss.input_depth`` term, lrm/training/losses.py)."""
+    from .lrm_task import input_depth_targets
+    from .losses import input_depth_l1
+
+    t = input_depth_targets(batch, triplane, model.cfg)
+    return float(input_depth_l1(t["predicted_input_depth"], *t["input_depth"]))
 
 
 @torch.enable_grad()
@@ -124,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="> 0: refine each scene on its input view with the reference losses (lrm/refine, mode ref) "
                         "for this many steps before scoring (e.g. to choose the level for refined meshes)")
+    p.add_argument("--input-depth", action="store_true",
+                   help="also score the pixel plane's channel 3 against the input view's depth (L1 in cube radii; "
+                        "models trained with train.loss.input_depth)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lrm.checkpoint import CheckpointError, load_checkpoint
@@ -137,12 +158,15 @@ def main(argv=None) -> int:
 
             refine = RefineConfig(mode="ref", steps=a.refine_steps, save_every=0, level="checkpoint")
         res = evaluate_split(model, a.data, a.views, a.resolution, int(cfg.get("data", {}).get("image_size", 64)),
-                             a.limit, mesh_thresholds=thresholds, refine=refine, split=a.split)
+                             a.limit, mesh_thresholds=thresholds, refine=refine, split=a.split,
+                             input_depth=a.input_depth)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{a.model}: {res['objects']} {a.split} objects x {a.views} novel views at {a.resolution}^2: "
           f"PSNR {res['psnr']:.2f} dB, mask IoU {res['mask_iou']:.3f}")
+    if "input_depth_l1" in res:
+        print(f"  input-view depth (pixel-plane channel 3): L1 {res['input_depth_l1']:.4f} cube radii")
     for th, iou in res.get("mesh_iou", {}).items():
         print(f"  mesh at density {th:g}: silhouette IoU {iou:.3f}")
     if a.json:
