@@ -16,7 +16,8 @@ expressed by an image plane and is refused by :func:`check_canonical_pose`.
 
 Content: the input image (view 0) area-resized to H x W (3 channels, so colours pass through unchanged) and
 C - 3 learned channels = a two-layer 3x3 conv over that image + a linear map of the encoder's patch tokens,
-bilinearly upsampled.
+bilinearly upsampled. Trained with ``train.loss.input_depth``, channel 3 (the first learned one) holds the depth
+offset of the visible surface along each input ray, in the units of the decoder's depth input (lrm/training/losses.py).
 """
 from __future__ import annotations
 
