@@ -54,3 +54,15 @@ def test_front_depth_extrusion_starts_at_the_visible_surface():
     # along the axis: empty in front of the wall, inside for one row width behind it, empty after
     pts = torch.stack([axis * s for s in (0.15, 0.05, -0.1 + 0.5 * width, 0.1 - 1.05 * width)])
     assert inside(pts).tolist() == [False, True, True, False]
+
+
+def test_inflation_turns_a_disc_into_a_ball():
+    n, r = 65, 20
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    rho = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2).float().sqrt()
+    disc = rho <= r
+    h = eb.inflated_half_depth(disc)
+    assert abs(float(h[n // 2, n // 2]) - r) < 1.0  # the centre is as deep as the radius
+    ring = disc & (rho > 8) & (rho < 16)  # in between: the sphere's profile sqrt(r^2 - rho^2), to a pixel or so
+    assert (h[ring] - (r * r - rho[ring] ** 2).clamp_min(0).sqrt()).abs().max() < 2.0
+    assert h[~disc].eq(0).all()

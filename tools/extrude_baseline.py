@@ -10,6 +10,9 @@ target 0 here (``input_in_targets``), so the 4 novel views are other draws from 
 validation pass's, not the very same views. Silhouettes come from 192 points per ray through the cube of half-size
 1. Also printed: the whole visual hull of the input view (depth unbounded within the cube).
 
+``--inflate`` inflates the silhouette instead (each pixel's half-depth ``--depth-scale`` x sqrt(d (2D - d)), d its
+distance to the background, D the largest: a disc becomes a ball, a strip a cylinder), still without learning.
+
 ``--front-depth`` is an oracle, not a baseline: each pixel's extrusion starts at the input view's true depth (the
 shards' depth map) and reaches ``--depth-scale`` x its row's width behind it. It measures what a model that got the
 visible surface exactly right, and guessed only the thickness, would score.
@@ -30,15 +33,26 @@ from lrm import cameras as C  # noqa: E402
 from lrm.image_metrics import mask_iou  # noqa: E402
 
 
+def inflated_half_depth(mask: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool -> [H, W] half-depth in pixels of the silhouette inflated as a sphere would be: sqrt(d (2D - d)),
+    d the distance to the background and D its largest value (a disc gives a ball, a long strip a cylinder)."""
+    from scipy.ndimage import distance_transform_edt
+
+    d = torch.from_numpy(distance_transform_edt(mask.numpy())).float()
+    big = float(d.max())
+    return (d * (2 * big - d)).clamp_min(0).sqrt()
+
+
 def extruded_inside(mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor, depth_scale: float,
-                    front: torch.Tensor | None = None):
+                    front: torch.Tensor | None = None, inflate: bool = False):
     """-> inside(points [N, 3], hull_only) -> bool [N]: in the silhouette ``mask`` [H, W] seen from (c2w,
     intrinsics), and (unless ``hull_only``) within half of ``depth_scale`` x its row's width of the origin's depth;
     with ``front`` (ray-distance depth [H, W]), between the front surface and ``depth_scale`` x the row's width
-    behind it."""
+    behind it; with ``inflate``, within ``depth_scale`` x :func:`inflated_half_depth` of the origin's depth."""
     h, w = mask.shape
     dist = float(c2w[:3, 3].norm())
     half = mask.float().sum(1) / (float(intrinsics[0]) * w) * dist / 2 * depth_scale  # [H] world units
+    inflated = inflated_half_depth(mask) / (float(intrinsics[0]) * w) * dist * depth_scale if inflate else None
     origin = c2w[:3, 3]
 
     def inside(p: torch.Tensor, hull_only: bool = False) -> torch.Tensor:
@@ -51,6 +65,10 @@ def extruded_inside(mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Ten
             return hit
         hv = torch.zeros_like(z)
         hv[ok] = half[v[ok]]
+        if inflated is not None:
+            hi = torch.zeros_like(z)
+            hi[ok] = inflated[v[ok], u[ok]]
+            return hit & ((z - dist).abs() <= hi)
         if front is None:
             return hit & ((z - dist).abs() <= hv)
         t = (p - origin).norm(dim=-1)
@@ -80,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--depth-scale", type=float, default=1.0, help="row depth = this x the row's width")
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--inflate", action="store_true", help="the silhouette inflated (sphere-like profile from its "
+                    "distance transform, times --depth-scale) instead of extruded")
     ap.add_argument("--front-depth", action="store_true", help="oracle: start each pixel's extrusion at the input "
                     "view's true depth")
     a = ap.parse_args(argv)
@@ -92,7 +112,7 @@ def main(argv=None) -> int:
         if a.limit and n >= a.limit:
             break
         inside = extruded_inside(b["target_mask"][0, 0] >= 0.5, b["target_c2w"][0, 0], b["target_intrinsics"][0, 0],
-                                 a.depth_scale, b["target_depth"][0, 0] if a.front_depth else None)
+                                 a.depth_scale, b["target_depth"][0, 0] if a.front_depth else None, a.inflate)
         for hull_only in (False, True):
             ious = []
             for k in range(1, a.views + 1):
@@ -103,7 +123,8 @@ def main(argv=None) -> int:
     if not scores[False]:
         print(f"error: no val objects in {a.data}", file=sys.stderr)
         return 2
-    what = "extruded from the true front depth" if a.front_depth else "extruded silhouette"
+    what = ("extruded from the true front depth" if a.front_depth else "inflated silhouette" if a.inflate
+            else "extruded silhouette")
     print(f"{len(scores[False])} val objects x {a.views} novel views at {a.res}^2: {what} (row depth = "
           f"{a.depth_scale} x row width) mask IoU {np.mean(scores[False]):.3f}; the input view's whole visual hull "
           f"{np.mean(scores[True]):.3f}")
