@@ -33,6 +33,8 @@ NOOP_MODULES = {
     "pixel_plane.": ("the pixel plane (model.pixel_plane); the decoder reads it through a zero map",
                      ("decoder.pixel_in.weight",)),
     "decoder.pixel_in.": ("the decoder's pixel-plane input (model.pixel_plane)", ("decoder.pixel_in.weight",)),
+    "pixel_plane.depth_head.": ("the pixel plane's depth head (model.pixel_plane.depth_head)",
+                                ("pixel_plane.depth_head.out.weight", "pixel_plane.depth_head.out.bias")),
     "decoder.pixel_gate.": ("the depth gate of the pixel-plane input (model.pixel_plane.depth_bands)",
                             ("decoder.pixel_gate.weight", "decoder.pixel_gate.bias")),
 }

@@ -112,6 +112,9 @@ class PixelPlaneConfig:
     # sine/cosine bands of the point's depth offset (zero-initialised: the gate starts at 1), so a pixel's features can
     # act at some depths along its ray and not others instead of the same at every depth
     depth_bands: int = 0
+    # > 0: a non-linear depth head of this many channels (dilated convs over the plane + an MLP of the encoder's tokens)
+    # adds its output to channel 3, the channel train.loss.input_depth supervises; its last layer starts at zero
+    depth_head: int = 0
 
 
 @dataclass

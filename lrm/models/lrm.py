@@ -51,7 +51,7 @@ class LRM(nn.Module):
         pp = cfg.pixel_plane
         self.pixel_plane = (PixelPlane(self.encoder.out_dim, cfg.upsampler.channels, pp.hidden,
                                        int(cfg.encoder.cls_token) + cfg.encoder.num_register_tokens, pp.distance,
-                                       pp.fov_deg) if pp.enabled else None)
+                                       pp.fov_deg, int(getattr(pp, "depth_head", 0) or 0)) if pp.enabled else None)
         self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius, pp)
         self.renderer = VolumeRenderer(cfg.render)
         if load_pretrained_encoder and not _is_meta(self):

@@ -18,6 +18,7 @@ Content: the input image (view 0) area-resized to H x W (3 channels, so colours 
 C - 3 learned channels = a two-layer 3x3 conv over that image + a linear map of the encoder's patch tokens,
 bilinearly upsampled. Trained with ``train.loss.input_depth``, channel 3 (the first learned one) holds the depth
 offset of the visible surface along each input ray, in the units of the decoder's depth input (lrm/training/losses.py).
+With ``depth_head`` > 0, :class:`DepthHead` adds a non-linear estimate to that channel (zero at initialisation).
 """
 from __future__ import annotations
 
@@ -83,9 +84,32 @@ def canonical_grid(intrinsics: torch.Tensor, size: int, fov_deg: float = CANONIC
     return torch.stack([u, v], -1)
 
 
+class DepthHead(nn.Module):
+    """The plane [B, C, S, S] and the encoder's patch tokens [B, g*g, D] -> [B, 1, S, S]: an MLP of each token
+    (bilinearly upsampled) added to a 3x3 conv of the plane, then 3x3 convs dilated 2, 4 and 8 (a receptive field of
+    31 cells) and a 1x1 output conv that starts at zero."""
+
+    def __init__(self, channels: int, context_dim: int, hidden: int):
+        super().__init__()
+        self.tokens = nn.Sequential(nn.Linear(context_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.body = nn.Sequential(*[m for d in (2, 4, 8) for m in (nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=d,
+                                                                                       dilation=d))], nn.SiLU())
+        self.out = nn.Conv2d(hidden, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, plane: torch.Tensor, patches: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        g = math.isqrt(patches.shape[1])
+        tok = self.tokens(patches).transpose(1, 2).reshape(patches.shape[0], -1, g, g)
+        tok = F.grid_sample(tok.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = self.inp(plane) + tok.to(plane.dtype)
+        return self.out(self.body(x))
+
+
 class PixelPlane(nn.Module):
     def __init__(self, context_dim: int, channels: int, hidden: int, prefix_tokens: int,
-                 distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG):
+                 distance: float = CANONICAL_DISTANCE, fov_deg: float = CANONICAL_FOV_DEG, depth_head: int = 0):
         super().__init__()
         if channels < 4:
             raise ValueError(f"the pixel plane needs at least 4 channels (3 colour + learned), got {channels}")
@@ -93,6 +117,7 @@ class PixelPlane(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.SiLU(),
                                   nn.Conv2d(hidden, channels - 3, 3, padding=1))
         self.tokens = nn.Linear(context_dim, channels - 3)
+        self.depth_head = DepthHead(channels, context_dim, depth_head) if depth_head > 0 else None
 
     def forward(self, image: torch.Tensor, image_tokens: torch.Tensor, cameras: torch.Tensor, size: int) -> torch.Tensor:
         """image [B, 3, S, S] in [0, 1] (view 0), its encoder tokens [B, prefix + g*g, D] and camera [B, 16]
@@ -107,4 +132,8 @@ class PixelPlane(nn.Module):
         tok = self.tokens(patches).transpose(1, 2).reshape(patches.shape[0], -1, g, g)
         tok = F.grid_sample(tok.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         learned = self.conv(rgb.to(self.conv[0].weight.dtype)) + tok.to(self.conv[0].weight.dtype)
-        return torch.cat([rgb.to(learned.dtype), learned], 1)
+        plane = torch.cat([rgb.to(learned.dtype), learned], 1)
+        if self.depth_head is None:
+            return plane
+        depth = plane[:, 3:4] + self.depth_head(plane, patches, grid)
+        return torch.cat([plane[:, :3], depth, plane[:, 4:]], 1)
