@@ -84,6 +84,14 @@ def canonical_grid(intrinsics: torch.Tensor, size: int, fov_deg: float = CANONIC
     return torch.stack([u, v], -1)
 
 
+def tokens_on_grid(proj: nn.Module, patches: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Patch tokens [B, g*g, D] mapped by ``proj`` to K channels on the token grid, then bilinearly sampled at ``grid``
+    [B, S, S, 2] -> [B, K, S, S] (fp32)."""
+    g = math.isqrt(patches.shape[1])
+    tok = proj(patches).transpose(1, 2).reshape(patches.shape[0], -1, g, g)
+    return F.grid_sample(tok.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class DepthHead(nn.Module):
     """The plane [B, C, S, S] and the encoder's patch tokens [B, g*g, D] -> [B, 1, S, S]: an MLP of each token
     (bilinearly upsampled) added to a 3x3 conv of the plane, then 3x3 convs dilated 2, 4 and 8 (a receptive field of
@@ -100,10 +108,7 @@ class DepthHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, plane: torch.Tensor, patches: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        g = math.isqrt(patches.shape[1])
-        tok = self.tokens(patches).transpose(1, 2).reshape(patches.shape[0], -1, g, g)
-        tok = F.grid_sample(tok.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        x = self.inp(plane) + tok.to(plane.dtype)
+        x = self.inp(plane) + tokens_on_grid(self.tokens, patches, grid).to(plane.dtype)
         return self.out(self.body(x))
 
 
@@ -128,9 +133,7 @@ class PixelPlane(nn.Module):
         grid = canonical_grid(intr, size, self.fov_deg)
         rgb = F.grid_sample(small, grid, mode="bilinear", padding_mode="border", align_corners=False)
         patches = image_tokens[:, self.prefix:]
-        g = math.isqrt(patches.shape[1])
-        tok = self.tokens(patches).transpose(1, 2).reshape(patches.shape[0], -1, g, g)
-        tok = F.grid_sample(tok.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        tok = tokens_on_grid(self.tokens, patches, grid)
         learned = self.conv(rgb.to(self.conv[0].weight.dtype)) + tok.to(self.conv[0].weight.dtype)
         plane = torch.cat([rgb.to(learned.dtype), learned], 1)
         if self.depth_head is None:
