@@ -21,7 +21,7 @@ install: install-system
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; \
 	  else $(PIP) install -q torch==$(TORCH_VERSION); fi; \
 	fi
-	$(PIP) install -q -e ".[dev,data,diffusion]"
+	$(PIP) install -q -e ".[dev,data,diffusion,pretrained]"
 
 demo: install
 	$(PYTHON) infer.py examples/duck.png --out outputs/demo --video

@@ -31,6 +31,9 @@ PIXEL = ["model.pixel_plane.enabled=true"]  # pixel-aligned features (lrm/models
 PLANES64 = ["model.upsampler.kernel=4"]  # 64² planes instead of 32²
 DEPTH_GATE = ["model.pixel_plane.depth_bands=4"]  # pixel features gated by depth bands (lrm/models/decoder.py)
 INPUT_DEPTH = ["train.loss.input_depth=1.0"]  # pixel-plane channel 3 supervised by the input view's depth
+EFF_WEIGHTS = os.environ.get("LRM_EFFICIENTNET_LITE0", "data/weights/efficientnet-lite0.safetensors")
+EFF = ["model.encoder.kind=efficientnet_lite0"]  # the convolutional encoder (lrm/models/efficientnet_lite.py)
+EFF_PRETRAINED = EFF + [f"model.encoder.pretrained_path={EFF_WEIGHTS}"]  # ... from ImageNet weights
 #: recipe name -> overrides on top of configs/tiny.yaml's training section as it was before these switches
 RECIPES = {
     "baseline": [],
@@ -45,11 +48,13 @@ RECIPES = {
     # fp32: for CPUs without native bf16 (there bf16 is emulated and slower)
     "all-pixel64": THREE_D + DEPTH + JITTER + PIXEL + PLANES64,
     "all-pixel64-indepth": THREE_D + DEPTH + JITTER + PIXEL + PLANES64 + INPUT_DEPTH,
+    "all-pixel64-eff": THREE_D + DEPTH + JITTER + PIXEL + PLANES64 + EFF_PRETRAINED,
+    "all-pixel64-effrand": THREE_D + DEPTH + JITTER + PIXEL + PLANES64 + EFF,
 }
 #: the switches tiny.yaml turns on now, reset so "baseline" is the previous recipe
 OFF = ["train.loss.occupancy=0", "train.loss.surface_rgb=0", "train.loss.depth=0", "data.color_jitter=0",
        "train.mixed_precision=no", "model.pixel_plane.enabled=false", "model.upsampler.kernel=2",
-       "model.pixel_plane.depth_bands=0", "train.loss.input_depth=0"]
+       "model.pixel_plane.depth_bands=0", "train.loss.input_depth=0", "model.encoder.kind=vit"]
 
 
 def train_cmd(name: str, out: Path, minutes: float, threads: int, extra) -> list:

@@ -20,8 +20,9 @@ from .conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS
 
 @dataclass
 class EncoderConfig:
-    """ViT image encoder (lrm/models/encoder.py)."""
+    """Image encoder: a ViT (lrm/models/encoder.py) or EfficientNet-Lite0 (lrm/models/efficientnet_lite.py)."""
 
+    kind: str = "vit"  # "vit" | "efficientnet_lite0" (dim, image_size, patch_size, cls_token, ln_eps apply to both)
     image_size: int = 224  # input resolution fed to the ViT
     patch_size: int = 14
     dim: int = 384
@@ -39,7 +40,8 @@ class EncoderConfig:
     pos_interp: str = "bicubic"
     normalize_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     normalize_std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    pretrained_path: Optional[str] = None  # local HF folder (ViT or DINOv2 weights); never downloaded
+    # local HF folder (ViT or DINOv2 weights) or, for efficientnet_lite0, a .safetensors file; never downloaded
+    pretrained_path: Optional[str] = None
     freeze: bool = False
     attention: str = "sdpa"
 

