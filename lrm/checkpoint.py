@@ -233,14 +233,21 @@ def check_keys(state: dict, own: dict, missing: List[str], what: str) -> None:
                               f"mis-shaped keys (e.g. {(missing + unexpected + bad)[:3]})")
 
 
-def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoint") -> List[str]:
+def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoint", keep=()) -> List[str]:
     """Load ``state`` into ``model`` to start training from it (``--init-from``): strict, except that a module of
     :data:`NOOP_MODULES` which the model has and the checkpoint lacks *entirely* keeps its fresh zero-initialised
     weights (e.g. a one-view checkpoint into a ``multiview`` model: the model's V = 1 output then equals the
     one-view model's bit for bit); extra transformer blocks start as the identity (:func:`deepen_blocks`). Anything
-    else missing, unexpected or mis-shaped raises :class:`CheckpointError`. Returns the prefixes left fresh (logged)."""
+    else missing, unexpected or mis-shaped raises :class:`CheckpointError`. Returns the prefixes left fresh (logged).
+    ``keep``: key prefixes (``train.init_keep``, e.g. ``encoder.``) where the model keeps its own weights, as built
+    (a new, pretrained encoder), and the checkpoint's are ignored: the model then does *not* start as the checkpoint's."""
     own = model.state_dict()
-    state = dict(state)
+    keep = tuple(keep)
+    for prefix in keep:
+        if not any(k.startswith(prefix) for k in own):
+            raise CheckpointError(f"train.init_keep {prefix!r} matches no weight of this model")
+    state = {k: v for k, v in state.items() if not k.startswith(keep)} if keep else dict(state)
+    own_all, own = own, {k: v for k, v in own.items() if not k.startswith(keep)} if keep else own
     for k in widen_kernels(state, own):
         log.info("init from %s: %s widened to %s (the planes start as the checkpoint's, nearest-upsampled)",
                  source, k, tuple(own[k].shape))
@@ -262,6 +269,9 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
     check_keys(state, own, missing, f"{source} does not fit this model")
     state = check_weights(state, {k: t for k, t in own.items() if k in state}, source)
     model.load_state_dict(state, strict=False)
+    for prefix in keep:
+        log.info("init from %s: %s keeps the model's own weights (train.init_keep; %d tensors)", source, prefix[:-1]
+                 if prefix.endswith(".") else prefix, sum(k.startswith(prefix) for k in own_all))
     for prefix in fresh:
         log.info("init from %s: it has no %s (%s); that module starts at its zero initialisation, so the model "
                  "begins as the checkpoint's", source, prefix[:-1], NOOP_MODULES[prefix][0])

@@ -201,3 +201,31 @@ def test_the_lrm_trains_with_it_and_loads_it(tmp_path):
         assert torch.allclose(again(b["input_images"], b["input_cameras"]), model(b["input_images"], b["input_cameras"]))
     with pytest.raises(ValueError, match="encoder.kind"):
         build_model(build_config("tiny", MICRO + ["model.encoder.kind=resnet"], max_steps=1))
+
+
+def test_init_keep_starts_a_new_encoder_under_a_trained_model(tmp_path):
+    """train.init_keep=[encoder.]: --init-from a ViT checkpoint into an efficientnet_lite0 model takes every weight but
+    the encoder's from the checkpoint, and the encoder stays as built (pretrained); without it the load is refused."""
+    from safetensors.torch import save_file
+    from _train_utils import MICRO
+
+    from lrm.checkpoint import CheckpointError, load_init_weights
+    from lrm.models import build_model
+    from lrm.training.lrm_task import LRMTask
+    from lrm.training.trainer import build_config
+
+    save_file(reference_layout(), str(tmp_path / "w.safetensors"))
+    torch.manual_seed(0)
+    vit = build_model(build_config("tiny", MICRO, max_steps=1))
+    over = MICRO + ["model.encoder.kind=efficientnet_lite0", f"model.encoder.pretrained_path={tmp_path / 'w.safetensors'}"]
+    cfg = build_config("tiny", over + ["train.init_keep=[encoder.]"], max_steps=1)
+    eff = build_model(cfg)
+    with pytest.raises(CheckpointError):
+        load_init_weights(eff, vit.state_dict())
+    with pytest.raises(CheckpointError, match="matches no weight"):
+        load_init_weights(eff, vit.state_dict(), keep=("encoderr.",))
+    LRMTask(cfg).load_init_weights(eff, vit.state_dict(), tmp_path)
+    assert torch.equal(eff.encoder.backbone.stem[0].weight, reference_layout()["_conv_stem.weight"])
+    mine, theirs = eff.state_dict(), vit.state_dict()
+    rest = [k for k in theirs if not k.startswith("encoder.")]
+    assert rest and all(torch.equal(mine[k], theirs[k]) for k in rest)

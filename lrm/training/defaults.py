@@ -99,6 +99,9 @@ class RunnerTrainConfig:
     max_nonfinite: int = 20  # abort after this many non-finite steps in a row
     max_bad_batches: int = 100  # abort after this many unreadable batches in a row
     init_from: Optional[str] = None  # exported model folder (model.safetensors + config.yaml) to start from
+    # key prefixes whose weights the model keeps as built instead of taking the init_from checkpoint's (e.g.
+    # [encoder.] to start a new, pretrained encoder under a trained transformer); the start then differs
+    init_keep: List[str] = field(default_factory=list)
     progress: bool = True  # tqdm bar on the main process
     # torch intra-op threads per process on CPU (0 = torch's default). On a shared/loaded machine 1 is often
     # several times faster than oversubscribed OpenMP threads; launchers set OMP_NUM_THREADS per process.

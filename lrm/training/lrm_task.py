@@ -235,10 +235,11 @@ class LRMTask(Task):
 
     def load_init_weights(self, model, state_dict, source) -> None:
         """Strict, except a one-view checkpoint may start a ``multiview`` model (its zero-initialised view
-        embedding stays fresh: the V = 1 output is unchanged); lrm/checkpoint.py ``load_init_weights``."""
+        embedding stays fresh: the V = 1 output is unchanged); ``train.init_keep`` prefixes keep the model's own
+        weights; lrm/checkpoint.py ``load_init_weights``."""
         from ..checkpoint import load_init_weights
 
-        load_init_weights(model, state_dict, source)
+        load_init_weights(model, state_dict, source, keep=tuple(self.cfg.train.get("init_keep", None) or ()))
 
     def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
         return TrainStep(model, int(self.cfg.train.render.checkpoint_rays))
