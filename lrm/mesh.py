@@ -128,6 +128,33 @@ def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[n
     return v, f.astype(np.int64)  # wound so normals point out of the dense region (tested)
 
 
+def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lamb: float = 0.5,
+                  mu: float = -0.53) -> np.ndarray:
+    """Taubin's low-pass filter of a triangle mesh's vertex positions: each iteration moves every vertex toward the
+    mean of its edge neighbours by ``lamb`` and then away from it by ``-mu`` (|mu| > lamb), which removes the
+    staircase and the cell-sized lumps of marching cubes while barely shrinking the shape (plain Laplacian smoothing
+    shrinks it). Faces are unchanged; isolated vertices stay put. Returns new vertices [V, 3]."""
+    v = np.asarray(vertices, dtype=np.float64)
+    if iterations <= 0 or len(faces) == 0:
+        return v.copy()
+    from scipy.sparse import coo_matrix, diags
+
+    f = np.asarray(faces, dtype=np.int64)
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    adj = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(v), len(v))).tocsr()
+    adj.data[:] = 1.0  # an edge shared by two faces counts once
+    deg = np.asarray(adj.sum(1)).ravel()
+    mean = diags(np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)) @ adj  # row-normalised: the neighbours' mean
+    lonely = deg == 0
+    for _ in range(int(iterations)):
+        for w in (lamb, mu):
+            delta = mean @ v - v
+            delta[lonely] = 0.0
+            v = v + w * delta
+    return v
+
+
 def field_query(model, triplane, key: str, chunk: int = 32768, device="cpu") -> Callable[[np.ndarray], np.ndarray]:
     """``fn(points [M, 3] numpy) -> numpy`` evaluating ``model.query(triplane, ...)[key]`` in chunks, no grad.
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import cameras as C
-from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes
+from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, taubin_smooth
 from .precision import autocast_for
 
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -52,10 +52,11 @@ def density_fn(model, triplane) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: float, coarse_factor: int = 4,
-                 chunk: int = 32768, texture: str = "vertex", texture_size: int = 1024,
+                 chunk: int = 32768, texture: str = "vertex", texture_size: int = 1024, smooth: int = 0,
                  timings: Optional[Dict[str, float]] = None, stats: Optional[dict] = None):
     """Density on a ``resolution``^3 grid over [-R, R]^3 (coarse-to-fine with ``coarse_factor`` > 1), marching cubes
-    at ``threshold`` (outward normals), colours from the colour field at the vertices (or a baked UV texture).
+    at ``threshold`` (outward normals), ``smooth`` Taubin iterations (lrm.mesh.taubin_smooth; 0: none), colours from
+    the colour field at the (smoothed) vertices (or a baked UV texture).
     Returns a trimesh, empty when the density never crosses the threshold; fills ``timings`` / ``stats``."""
     timings = {} if timings is None else timings
     stats = {} if stats is None else stats
@@ -68,6 +69,8 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
     stats.update(density_max=float(grid.max()), density_mean=float(grid.mean()))
     t = time.perf_counter()
     verts, faces = marching_cubes(grid, threshold, radius)
+    if smooth:
+        verts = taubin_smooth(verts, faces, smooth)
     timings["marching_cubes"] = time.perf_counter() - t
     t = time.perf_counter()
     colours = field_query(model, triplane, "rgb", chunk, device)

@@ -308,13 +308,14 @@ class ModelAdapter:
     grid over [-R, R]^3, marching cubes at ``threshold`` gives the mesh, the decoder gives vertex colours."""
 
     def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 32768,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", smooth: int = 0):
         import torch
 
         self.precision = precision
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.mc_resolution, self.threshold, self.chunk = int(mc_resolution), float(threshold), int(chunk)
+        self.smooth = int(smooth or 0)
         self.radius = float(model.cfg.render.radius)
 
     def triplane(self, image_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
@@ -347,7 +348,7 @@ class ModelAdapter:
         stats = {}
         level = self.threshold if threshold is None else float(threshold)
         mesh = extract_mesh(self.model, triplane, resolution=self.mc_resolution, threshold=level,
-                            radius=self.radius, coarse_factor=1, chunk=self.chunk, stats=stats)
+                            radius=self.radius, coarse_factor=1, chunk=self.chunk, smooth=self.smooth, stats=stats)
         stats = {k: stats[k] for k in ("density_max", "density_mean")}
         if not len(mesh.faces):
             return None, {**stats, "note": f"density never crosses threshold {level:g}: empty mesh"}
@@ -401,10 +402,13 @@ class LRMMethod(Method):
     ``mc_resolution`` / ``mc_threshold``) and with :class:`ModelAdapter` otherwise; ``mesher=adapter`` forces the
     latter. ``precision=bf16`` runs image -> triplane under bf16 autocast (docs/inference.md). ``level=silhouette``
     cuts the mesh at the density level whose silhouette from the input camera best matches the input's alpha
-    (``lrm.stages.silhouette_level``) instead of the fixed ``threshold``; the level is recorded as ``mc_level``."""
+    (``lrm.stages.silhouette_level``) instead of the fixed ``threshold``; the level is recorded as ``mc_level``.
+    ``smooth`` sets the mesh's Taubin smoothing iterations (None: the checkpoint's ``infer.mesh_smooth``; 0 without
+    a checkpoint)."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
-                "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "checkpoint"}
+                "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "checkpoint",
+                "smooth": None}
 
     def setup(self, ctx):
         import torch
@@ -421,7 +425,7 @@ class LRMMethod(Method):
             cfg = load_config(p["config"])
             model = build_model(cfg)
             self.adapter = ModelAdapter(model, ctx.device, p["mc_resolution"], p["threshold"],
-                                        precision=p["precision"])
+                                        precision=p["precision"], smooth=p["smooth"])
             self.source = f"random-weight model from config {p['config']}"
             return
         try:
@@ -435,11 +439,14 @@ class LRMMethod(Method):
                 options["mc_resolution"] = int(p["mc_resolution"])
             if "threshold" in self.explicit:
                 options["mc_threshold"] = float(p["threshold"])
+            if p["smooth"] is not None:
+                options["mesh_smooth"] = int(p["smooth"])
         if "precision" in self.explicit:
             options["precision"] = p["precision"]
         self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
+        smooth = getattr(self.pipeline, "opts", {}).get("mesh_smooth", 0) if p["smooth"] is None else p["smooth"]
         self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"],
-                                    precision=p["precision"])
+                                    precision=p["precision"], smooth=smooth)
         self.source = f"checkpoint {self.arg or 'default'}"
 
     def predict(self, obj, ctx):
