@@ -244,6 +244,9 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
     own = model.state_dict()
     keep = tuple(keep)
     for prefix in keep:
+        if not prefix:
+            raise CheckpointError("train.init_keep: an empty prefix would keep every weight (the checkpoint would be "
+                                  "ignored); name module prefixes such as encoder.")
         if not any(k.startswith(prefix) for k in own):
             raise CheckpointError(f"train.init_keep {prefix!r} matches no weight of this model")
     state = {k: v for k, v in state.items() if not k.startswith(keep)} if keep else dict(state)

@@ -22,7 +22,10 @@ from .conventions import CANONICAL_DISTANCE, CANONICAL_FOV_DEG, CUBE_RADIUS
 class EncoderConfig:
     """Image encoder: a ViT (lrm/models/encoder.py) or EfficientNet-Lite0 (lrm/models/efficientnet_lite.py)."""
 
-    kind: str = "vit"  # "vit" | "efficientnet_lite0" (dim, image_size, patch_size, cls_token, ln_eps apply to both)
+    # "vit" | "efficientnet_lite0". dim, image_size, patch_size (token grid = image_size // patch_size), cls_token,
+    # ln_eps, pretrained_path and freeze apply to both; the efficientnet kind scales its input to [-1, 1] itself and
+    # has no depth/heads/mlp_ratio/qkv_bias/layer_scale/pos_*/attention (ignored) and no normalize_* (must stay default)
+    kind: str = "vit"
     image_size: int = 224  # input resolution fed to the ViT
     patch_size: int = 14
     dim: int = 384
@@ -265,8 +268,23 @@ def check_limits(cfg, limits: dict, prefix: str = "", float_keys=()) -> None:
             check_number(f"{prefix}{key}", value, lo, hi, integer=key not in float_keys)
 
 
+ENCODER_KINDS = ("vit", "efficientnet_lite0")
+
+
 def check_model_limits(model_cfg) -> None:
     check_limits(model_cfg, MODEL_LIMITS, "model.", _FLOAT_KEYS)
+    enc = model_cfg.get("encoder", None)
+    if enc is None:
+        return
+    kind = enc.get("kind", "vit")
+    if kind not in ENCODER_KINDS:
+        raise ConfigError(f"model.encoder.kind must be one of {', '.join(ENCODER_KINDS)}, got {kind!r}")
+    if kind != "vit":
+        default = EncoderConfig()
+        for key in ("normalize_mean", "normalize_std"):
+            if key in enc and [float(x) for x in enc[key]] != getattr(default, key):
+                raise ConfigError(f"model.encoder.{key} does not apply to encoder.kind {kind} (it scales its input "
+                                  "to [-1, 1], as its pretrained weights expect); leave it at the default")
 
 
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> DictConfig:

@@ -69,9 +69,11 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
     stats.update(density_max=float(grid.max()), density_mean=float(grid.mean()))
     t = time.perf_counter()
     verts, faces = marching_cubes(grid, threshold, radius)
-    if smooth:
-        verts = taubin_smooth(verts, faces, smooth)
     timings["marching_cubes"] = time.perf_counter() - t
+    if smooth:
+        t = time.perf_counter()
+        verts = taubin_smooth(verts, faces, smooth)
+        timings["smooth"] = time.perf_counter() - t
     t = time.perf_counter()
     colours = field_query(model, triplane, "rgb", chunk, device)
     if len(faces) and texture == "uv":

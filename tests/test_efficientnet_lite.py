@@ -141,13 +141,15 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
     enc = ConvTokenEncoder(EncoderConfig(image_size=64, patch_size=8, dim=16))
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         load_pretrained_backbone(enc, tmp_path / "absent.safetensors")
+    from lrm.checkpoint import CheckpointError
+
     (tmp_path / "w.pth").write_bytes(b"not read")
-    with pytest.raises(ValueError, match="safetensors"):
+    with pytest.raises(CheckpointError, match="safetensors"):
         load_pretrained_backbone(enc, tmp_path / "w.pth")
     sd = reference_layout()
     del sd["_blocks.3._depthwise_conv.weight"]
     save_file(sd, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(CheckpointError, match="missing"):
         load_pretrained_backbone(enc, tmp_path / "partial.safetensors")
 
 
@@ -224,8 +226,75 @@ def test_init_keep_starts_a_new_encoder_under_a_trained_model(tmp_path):
         load_init_weights(eff, vit.state_dict())
     with pytest.raises(CheckpointError, match="matches no weight"):
         load_init_weights(eff, vit.state_dict(), keep=("encoderr.",))
+    with pytest.raises(CheckpointError, match="empty prefix"):
+        load_init_weights(eff, vit.state_dict(), keep=("",))
     LRMTask(cfg).load_init_weights(eff, vit.state_dict(), tmp_path)
     assert torch.equal(eff.encoder.backbone.stem[0].weight, reference_layout()["_conv_stem.weight"])
     mine, theirs = eff.state_dict(), vit.state_dict()
     rest = [k for k in theirs if not k.startswith("encoder.")]
     assert rest and all(torch.equal(mine[k], theirs[k]) for k in rest)
+
+
+def test_converter_refuses_what_is_not_a_state_dict_in_one_line(tmp_path, capsys):
+    """Pickles with code, lists, non-tensor values and a non-safetensors --out: one error line, exit 2, no file; a
+    file that happens to bear the old temporary name is left alone."""
+    import pickle
+
+    from lrm.convert.efficientnet_lite import main
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    cases = {"code.pth": Evil(), "list.pth": [torch.zeros(1)], "mixed.pth": {"_conv_stem.weight": torch.zeros(1),
+                                                                             "x": "text"}}
+    for name, obj in cases.items():
+        (tmp_path / name).write_bytes(pickle.dumps(obj)) if name == "code.pth" else torch.save(obj, tmp_path / name)
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["--convert", str(tmp_path / name), "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "ran" not in err, (name, err)
+        assert not out.exists()
+    torch.save(reference_layout(), tmp_path / "ref.pth")
+    assert main(["--convert", str(tmp_path / "ref.pth"), "--out", str(tmp_path / "w.bin")]) == 2
+    assert ".safetensors" in capsys.readouterr().err and not (tmp_path / "w.bin").exists()
+    bystander = tmp_path / "w.safetensors.tmp"
+    bystander.write_text("mine")
+    assert main(["--convert", str(tmp_path / "ref.pth"), "--out", str(tmp_path / "w.safetensors")]) == 0
+    assert bystander.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_config_mistakes_are_config_errors_before_any_work(tmp_path):
+    from safetensors.torch import save_file
+
+    from lrm.checkpoint import CheckpointError
+    from lrm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="encoder.kind must be one of"):
+        load_config("tiny", ["model.encoder.kind=efficientnet"])
+    with pytest.raises(ConfigError, match="normalize_mean does not apply"):
+        load_config("tiny", ["model.encoder.kind=efficientnet_lite0", "model.encoder.normalize_mean=[0.5,0.5,0.5]"])
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        ConvTokenEncoder(EncoderConfig(image_size=60, patch_size=8, dim=16))
+    enc = ConvTokenEncoder(EncoderConfig(image_size=64, patch_size=8, dim=16))
+    save_file(reference_layout(), str(tmp_path / "w.safetensors"))
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_pretrained_backbone(enc, tmp_path / "cut.safetensors")
+
+
+def test_freeze_keeps_the_new_token_layers_trainable():
+    """encoder.freeze freezes what is pretrained: a conv encoder's backbone, not its (random) projection and norm."""
+    from _train_utils import MICRO
+
+    from lrm.models import build_model
+    from lrm.training.trainer import build_config
+
+    model = build_model(build_config("tiny", MICRO + ["model.encoder.kind=efficientnet_lite0",
+                                                      "model.encoder.freeze=true"], max_steps=1))
+    assert not any(p.requires_grad for p in model.encoder.backbone.parameters())
+    assert model.encoder.pos_embed.requires_grad and all(p.requires_grad for p in model.encoder.proj.parameters())
+    vit = build_model(build_config("tiny", MICRO + ["model.encoder.freeze=true"], max_steps=1))
+    assert not any(p.requires_grad for p in vit.encoder.parameters())

@@ -58,11 +58,11 @@ def test_zero_iterations_and_empty_meshes_are_no_ops():
 
 
 class SphereField:
-    """A stand-in model: density 20 inside a sphere of radius 0.5 (a sharp step), grey everywhere."""
+    """A stand-in model: density 20 inside a sphere of radius 0.5 (a sharp step); colour = the point's position."""
 
     def query(self, triplane, points):
         d = 20.0 * torch.sigmoid((0.5 - points.norm(dim=-1)) * 200.0)
-        return {"density": d, "rgb": torch.full(points.shape, 0.5)}
+        return {"density": d, "rgb": points.clamp(0, 1)}
 
 
 def test_extract_mesh_smooths_before_colouring():
@@ -73,7 +73,10 @@ def test_extract_mesh_smooths_before_colouring():
     r0, r1 = radii(rough.vertices), radii(smooth.vertices)
     assert r1.std() < 0.6 * r0.std()  # the facets of a 1/16-cell grid are flattened (0.0082 -> 0.0043)
     assert abs(r1.mean() - 0.5) < 0.002  # without moving the surface
-    assert len(smooth.visual.vertex_colors) == len(smooth.vertices)
+    expected = np.round(np.clip(smooth.vertices, 0, 1) * 255)  # the colour field read at the smoothed vertices
+    assert np.abs(smooth.visual.vertex_colors[:, :3].astype(float) - expected).max() <= 1.0
+    moved = np.abs(smooth.vertices - rough.vertices).max(1) > 2e-3  # vertices smoothing moved by a visible amount
+    assert moved.sum() > 100
 
 
 def test_the_option_is_validated_and_offered():
@@ -84,3 +87,15 @@ def test_the_option_is_validated_and_offered():
     with pytest.raises(InputError, match=r"--mesh-smooth must be an integer"):
         check_options({"mesh_smooth": 2.5})  # infer.py's flag
     assert any(o.name == "mesh_smooth" and o.flag == "--mesh-smooth" for o in USER_OPTIONS)
+
+
+def test_the_evaluation_parameter_is_range_checked():
+    from lrm.evaluate.methods import MethodError, RunContext, make_method
+
+    for bad in (-3, 2.5, 10 ** 7):
+        m = make_method("lrm", config="tiny", smooth=bad)
+        with pytest.raises(MethodError, match="mesh_smooth"):
+            m.setup(RunContext("cpu", 0, {}))
+    m = make_method("lrm", config="tiny", smooth=4)
+    m.setup(RunContext("cpu", 0, {}))
+    assert m.adapter.smooth == 4

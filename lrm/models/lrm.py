@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .. import cameras as cam
-from ..config import model_config_from
+from ..config import ConfigError, model_config_from
 from ..render.volume import VolumeRenderer
 from .camera_embed import CameraEmbedder, ViewEmbedder
 from .decoder import TriplaneDecoder
@@ -39,7 +39,7 @@ def build_encoder(ecfg) -> nn.Module:
     """The image encoder ``model.encoder.kind`` names: tokens [B, prefix + g*g, dim] either way."""
     kinds = {"vit": ImageEncoder, "efficientnet_lite0": ConvTokenEncoder}
     if ecfg.kind not in kinds:
-        raise ValueError(f"model.encoder.kind must be one of {sorted(kinds)}, got {ecfg.kind!r}")
+        raise ConfigError(f"model.encoder.kind must be one of {sorted(kinds)}, got {ecfg.kind!r}")
     return kinds[ecfg.kind](ecfg)
 
 
@@ -70,8 +70,9 @@ class LRM(nn.Module):
                 load_pretrained(self.encoder, cfg.encoder.pretrained_path)
             else:
                 log.info("image encoder: random init (no encoder.pretrained_path)")
-        if cfg.encoder.freeze:
-            self.encoder.requires_grad_(False)
+        if cfg.encoder.freeze:  # the pretrained part: all of a ViT; the backbone of a conv encoder (its token
+            # projection, positions and norm start random and keep training)
+            getattr(self.encoder, "backbone", self.encoder).requires_grad_(False)
 
     # ------------------------------------------------------------------ images -> triplane
     def forward(self, images: torch.Tensor, cameras: Optional[torch.Tensor] = None) -> torch.Tensor:

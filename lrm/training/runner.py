@@ -283,6 +283,8 @@ class Runner:
         self.accelerator.wait_for_everyone()
         if self.init_dir is None and tcfg.init_from:
             self.init_dir = resolve_init_from(tcfg.init_from)
+        if tcfg.get("init_keep", None) and self.init_dir is None:
+            log.warning("train.init_keep is set without --init-from (or on resume): it has no effect")
 
     def build_model(self) -> None:
         from accelerate.utils import set_seed
