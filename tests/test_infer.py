@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -152,7 +153,9 @@ def test_bad_checkpoint_and_output_dir(ckpt, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
     bad.mkdir()
-    (bad / "config.yaml").write_text((Path(ckpt) / "config.yaml").read_text().replace("depth: 4", "depth: 5", 1))
+    wrong = yaml.safe_load((Path(ckpt) / "config.yaml").read_text())
+    wrong["model"]["transformer"]["depth"] += 1  # one more block than the weights hold
+    (bad / "config.yaml").write_text(yaml.safe_dump(wrong, sort_keys=False))
     save_file(load_file(str(Path(ckpt) / "model.safetensors")), str(bad / "model.safetensors"))
     with pytest.raises(CheckpointError):
         load_checkpoint(bad)
