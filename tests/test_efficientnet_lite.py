@@ -298,3 +298,20 @@ def test_freeze_keeps_the_new_token_layers_trainable():
     assert model.encoder.pos_embed.requires_grad and all(p.requires_grad for p in model.encoder.proj.parameters())
     vit = build_model(build_config("tiny", MICRO + ["model.encoder.freeze=true"], max_steps=1))
     assert not any(p.requires_grad for p in vit.encoder.parameters())
+
+
+def test_init_from_a_checkpoint_with_another_encoder_says_which_flag_fits(tmp_path):
+    """--init-from an efficientnet checkpoint into a ViT config: one error naming model.encoder.kind."""
+    from _train_utils import MICRO
+
+    from lrm.checkpoint import CheckpointError, save_checkpoint
+    from lrm.models import build_model
+    from lrm.training.lrm_task import LRMTask
+    from lrm.training.trainer import build_config
+
+    eff_cfg = build_config("tiny", MICRO + ["model.encoder.kind=efficientnet_lite0"], max_steps=1)
+    eff = build_model(eff_cfg)
+    save_checkpoint(eff, eff_cfg, tmp_path / "eff")
+    vit_cfg = build_config("tiny", MICRO, max_steps=1)
+    with pytest.raises(CheckpointError, match=r"add model\.encoder\.kind=efficientnet_lite0"):
+        LRMTask(vit_cfg).load_init_weights(build_model(vit_cfg), eff.state_dict(), tmp_path / "eff")

@@ -237,9 +237,17 @@ class LRMTask(Task):
         """Strict, except a one-view checkpoint may start a ``multiview`` model (its zero-initialised view
         embedding stays fresh: the V = 1 output is unchanged); ``train.init_keep`` prefixes keep the model's own
         weights; lrm/checkpoint.py ``load_init_weights``."""
-        from ..checkpoint import load_init_weights
+        from ..checkpoint import CheckpointError, load_init_weights
 
-        load_init_weights(model, state_dict, source, keep=tuple(self.cfg.train.get("init_keep", None) or ()))
+        try:
+            load_init_weights(model, state_dict, source, keep=tuple(self.cfg.train.get("init_keep", None) or ()))
+        except CheckpointError as e:
+            theirs, mine = encoder_kind_of(source), self.cfg.model.encoder.get("kind", "vit")
+            if theirs is None or theirs == mine:
+                raise
+            raise CheckpointError(f"{e} -- its image encoder is {theirs} and this config's is {mine}: add "
+                                  f"model.encoder.kind={theirs} (or train.init_keep=[encoder.] to start a new "
+                                  "encoder under its other weights)") from None
 
     def wrap_for_training(self, model: torch.nn.Module) -> torch.nn.Module:
         return TrainStep(model, int(self.cfg.train.render.checkpoint_rays))
@@ -276,3 +284,14 @@ class LRMTask(Task):
 
     def export(self, state_dict: Dict[str, torch.Tensor], out_dir: Path) -> None:
         save_state_dict(state_dict, self.cfg, out_dir)
+
+
+def encoder_kind_of(model_dir) -> Optional[str]:
+    """``model.encoder.kind`` of an exported model folder's config.yaml (``vit`` when unset); None if unreadable."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(model_dir) / "config.yaml").read_text())
+        return str(((raw.get("model") or {}).get("encoder") or {}).get("kind") or "vit")
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return None
