@@ -12,6 +12,7 @@ Every function takes and returns torch tensors and broadcasts over leading batch
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -185,6 +186,23 @@ def camera_directions(uv: Tensor, intrinsics: Tensor, height: int, width: int) -
     return torch.stack([x, y, torch.ones_like(x)], -1)
 
 
+def _exact_geometry(fn):
+    """Run a camera function with autocast off: under bf16 autocast its matmuls would round coordinates to 8 bits of
+    mantissa (a quarter of a 64² pixel at the image edge), which moved pixel-plane lookups and ray samples
+    (tests/test_cameras.py, tests/test_precision.py). Inputs keep their dtype (fp32, or fp64 for conformance)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_exact_geometry
 def get_rays(
     c2w: Tensor,
     intrinsics: Tensor,
@@ -211,6 +229,7 @@ def get_rays(
     return rays_o, rays_d
 
 
+@_exact_geometry
 def project_points(points: Tensor, c2w: Tensor, intrinsics: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
     """Project world points [..., N, 3] to pixel coordinates (u, v) [..., N, 2] and camera z-depth [..., N]."""
     w2c = invert_rigid(c2w)
@@ -222,6 +241,7 @@ def project_points(points: Tensor, c2w: Tensor, intrinsics: Tensor, height: int,
     return torch.stack([u, v], -1), z
 
 
+@_exact_geometry
 def unproject_points(uv: Tensor, depth: Tensor, c2w: Tensor, intrinsics: Tensor, height: int, width: int) -> Tensor:
     """Inverse of :func:`project_points`: pixels [..., N, 2] at camera z-depth [..., N] to world points."""
     d = camera_directions(uv, intrinsics, height, width) * depth.unsqueeze(-1)

@@ -111,3 +111,18 @@ def test_ray_box_intersection():
     assert hit.tolist() == [True, False, True]
     assert tn[0].item() == pytest.approx(1.5) and tf[0].item() == pytest.approx(2.5)
     assert tn[2].item() == 0.0 and tf[2].item() == pytest.approx(0.5)
+
+
+def test_geometry_is_exact_under_bf16_autocast():
+    """Rays and projections ignore autocast: bf16 would round pixel coordinates by a fraction of a pixel."""
+    c2w = C.orbit_camera(torch.tensor([30.0]), torch.tensor([10.0]), 2.0)
+    K = C.intrinsics_from_fov(40.0)
+    pts = torch.rand(1, 500, 3, generator=torch.Generator().manual_seed(0)) - 0.5
+    ref = (C.get_rays(c2w, K, 64, 64), C.project_points(pts, c2w, K, 64, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.matmul(pts, pts.transpose(-1, -2)).dtype == torch.bfloat16  # autocast is on
+        got = (C.get_rays(c2w, K, 64, 64), C.project_points(pts, c2w, K, 64, 64))
+        back = C.unproject_points(got[1][0], got[1][1], c2w, K, 64, 64)
+    for a, b in zip(ref, got):
+        assert all(x.dtype == torch.float32 and torch.equal(x, y) for x, y in zip(a, b))
+    assert back.dtype == torch.float32 and torch.allclose(back, pts, atol=1e-5)
