@@ -315,3 +315,13 @@ def test_init_from_a_checkpoint_with_another_encoder_says_which_flag_fits(tmp_pa
     vit_cfg = build_config("tiny", MICRO, max_steps=1)
     with pytest.raises(CheckpointError, match=r"add model\.encoder\.kind=efficientnet_lite0"):
         LRMTask(vit_cfg).load_init_weights(build_model(vit_cfg), eff.state_dict(), tmp_path / "eff")
+
+
+def test_every_configurable_encoder_kind_builds_with_the_same_token_contract():
+    from lrm.config import ENCODER_KINDS
+    from lrm.models.lrm import build_encoder
+
+    x = torch.rand(2, 3, 64, 64)
+    for kind in ENCODER_KINDS:
+        enc = build_encoder(EncoderConfig(kind=kind, image_size=64, patch_size=8, dim=24, depth=1, heads=2))
+        assert enc(x).shape == (2, 1 + 8 * 8, 24), kind

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .. import cameras as cam
-from ..config import ConfigError, model_config_from
+from ..config import ENCODER_KINDS, ConfigError, model_config_from
 from ..render.volume import VolumeRenderer
 from .camera_embed import CameraEmbedder, ViewEmbedder
 from .decoder import TriplaneDecoder
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 def build_encoder(ecfg) -> nn.Module:
     """The image encoder ``model.encoder.kind`` names: tokens [B, prefix + g*g, dim] either way."""
-    kinds = {"vit": ImageEncoder, "efficientnet_lite0": ConvTokenEncoder}
-    if ecfg.kind not in kinds:
-        raise ConfigError(f"model.encoder.kind must be one of {sorted(kinds)}, got {ecfg.kind!r}")
-    return kinds[ecfg.kind](ecfg)
+    if ecfg.kind == "vit":
+        return ImageEncoder(ecfg)
+    if ecfg.kind == "efficientnet_lite0":
+        return ConvTokenEncoder(ecfg)
+    raise ConfigError(f"model.encoder.kind must be one of {', '.join(ENCODER_KINDS)}, got {ecfg.kind!r}")
 
 
 class LRM(nn.Module):
