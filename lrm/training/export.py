@@ -44,11 +44,9 @@ def export_checkpoint(ckpt_dir, out_dir, run_config=None) -> Path:
         raise CheckpointError(f"run config {run_config} not found")
     cfg = OmegaConf.load(run_config)
     task = make_task(cfg)
-    prefix = task.export_prefix
-    state = load_file(str(weights))
-    model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model_state = task.model_state_dict(load_file(str(weights)))
     if not model_state:
-        raise CheckpointError(f"{weights}: no weights under the task's prefix {prefix!r}")
+        raise CheckpointError(f"{weights}: no weights under the task's prefix {task.export_prefix!r}")
     task.export(model_state, Path(out_dir))
     return Path(out_dir)
 

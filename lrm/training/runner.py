@@ -503,8 +503,7 @@ class Runner:
         self.save_checkpoint()
         sd = self.accelerator.get_state_dict(self.module)  # collective (gathers ZeRO-3 shards)
         if self.is_main:
-            p = self.task.export_prefix
-            self.task.export({k[len(p):]: v for k, v in sd.items() if k.startswith(p)}, self.run_dir / "model")
+            self.task.export(self.task.model_state_dict(sd), self.run_dir / "model")
             if self.interrupted:
                 log.warning("stopped by signal at step %d; checkpoint %s. Continue with --resume latest",
                             self.state.step, self.ckpt_root / f"step_{self.state.step}")

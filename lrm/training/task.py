@@ -53,6 +53,12 @@ class Task:
 
     export_prefix = ""
 
+    def model_state_dict(self, training_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The bare model's weights in the prepared module's state dict (a checkpoint's ``model.safetensors``):
+        the keys under ``export_prefix``, with the prefix removed."""
+        p = self.export_prefix
+        return {k[len(p):]: v for k, v in training_state.items() if k.startswith(p)}
+
     def build_source(self, split: str, rank: int, world: int, position: int = 0):
         """A batch source with ``get(position) -> dict`` (and optionally ``start(position)``): deterministic in the
         position so resume is exact. Corrupt samples raise; the runner skips and counts them."""
