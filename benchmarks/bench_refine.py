@@ -4,8 +4,9 @@
 
 The prior is a random-weight diffusers UNet2DModel (~2.4 M parameters, 64², x_t + condition image + relative
 camera as input channels: the size of the project's zero123-tiny pixel prior), so its cost, not its output,
-is realistic. Each mode runs ``--steps`` steps at the default RefineConfig (first at the coarse and then at the
-fine render side) and the table projects a whole refinement at the default number of steps. Wall and process CPU
+is realistic. Each mode runs ``--steps`` and then twice as many steps at the default RefineConfig (first at the coarse
+and then at the fine render side); the difference is the cost per step, the rest what a run pays once, and the table
+projects a whole refinement at the default number of steps from both. Wall and process CPU
 seconds are both reported (the machine is shared; CPU time is the steadier number).
 """
 from __future__ import annotations
@@ -90,29 +91,36 @@ def main(argv=None):
     rows = []
     for mode in args.modes.split(","):
         # the same schedule as the default run, compressed to --steps (half coarse, half fine)
-        cfg = replace(default, mode=mode, steps=args.steps, save_every=0,
-                      resolution_milestones=tuple(0.5 for _ in default.resolution_milestones))
-        w0, c0 = time.perf_counter(), time.process_time()
-        res = refine(tri, pipe, pre.image, prior if mode != "ref" else None, cfg, mask=pre.rgba[..., 3],
-                     progress=False)
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        s = res.stats
-        rows.append({"mode": mode, "s_per_step_wall": wall / args.steps, "s_per_step_cpu": cpu / args.steps,
-                     "steps_per_s": args.steps / wall, "renders_per_step": s["renders"] / args.steps,
-                     "prior_calls_per_step": s["prior_calls"] / args.steps,
-                     "projected_wall_s": wall / args.steps * default.steps,
-                     "projected_cpu_s": cpu / args.steps * default.steps})
+        # Two runs, --steps and twice that: their difference is the per-step cost, the rest is what a refinement
+        # pays once (set-up, first calls); the projection is once + default.steps x per step.
+        timed = []
+        for n in (args.steps, 2 * args.steps):
+            cfg = replace(default, mode=mode, steps=n, save_every=0,
+                          resolution_milestones=tuple(0.5 for _ in default.resolution_milestones))
+            w0, c0 = time.perf_counter(), time.process_time()
+            res = refine(tri, pipe, pre.image, prior if mode != "ref" else None, cfg, mask=pre.rgba[..., 3],
+                         progress=False)
+            timed.append((time.perf_counter() - w0, time.process_time() - c0, res.stats))
+        (w1, c1, _), (w2, c2, s) = timed
+        n = args.steps
+        step_w, step_c = max(w2 - w1, 0.0) / n, max(c2 - c1, 0.0) / n
+        once_w, once_c = max(w1 - n * step_w, 0.0), max(c1 - n * step_c, 0.0)
+        rows.append({"mode": mode, "s_per_step_wall": step_w, "s_per_step_cpu": step_c,
+                     "steps_per_s": 1.0 / step_w if step_w > 0 else float("inf"),
+                     "renders_per_step": s["renders"] / (2 * n), "prior_calls_per_step": s["prior_calls"] / (2 * n),
+                     "once_wall_s": once_w, "projected_wall_s": once_w + step_w * default.steps,
+                     "projected_cpu_s": once_c + step_c * default.steps})
     print(f"default RefineConfig: steps {default.steps}, resolutions {default.resolutions} "
           f"(milestones {default.resolution_milestones}), samples {default.n_samples}+{default.n_importance}, "
           f"views {default.n_views}, guidance scale {default.sds.guidance_scale}; prior {prior.params / 1e6:.2f} M "
           f"params at 64², {call_s:.3f} s per call (batch 1); threads {torch.get_num_threads()}")
-    print("| mode | s/step wall | s/step CPU | steps/s | renders/step | prior calls/step | "
+    print("| mode | s/step wall | s/step CPU | steps/s | renders/step | prior calls/step | once per run wall s | "
           f"projected {default.steps} steps wall s | CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['s_per_step_wall']:.2f} | {r['s_per_step_cpu']:.2f} | {r['steps_per_s']:.2f} | "
-              f"{r['renders_per_step']:.0f} | {r['prior_calls_per_step']:.0f} | {r['projected_wall_s']:.1f} | "
-              f"{r['projected_cpu_s']:.1f} |")
+              f"{r['renders_per_step']:.0f} | {r['prior_calls_per_step']:.0f} | {r['once_wall_s']:.1f} | "
+              f"{r['projected_wall_s']:.1f} | {r['projected_cpu_s']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "prior_call_s": call_s, "prior_params": prior.params}))
 
