@@ -4,9 +4,9 @@
 
 A run exports only its last step to ``RUN/model``; this makes any kept checkpoint a folder that ``infer.py
 --checkpoint``, ``lrm.checkpoint.load_checkpoint``, validation and evaluation read (e.g. to score a run's curve
-on the whole val split, or to ship an earlier step). The checkpoint is verified first; its weights are read
-from safetensors only (the optimiser files are not opened) and the run's ``config.yaml`` goes with them. The
-output folder is written atomically and never replaces a folder this program did not write.
+on the whole val split, or to ship an earlier step). The checkpoint is verified first (the optimiser files only
+for zip integrity, never unpickled); its weights are read from safetensors and the run's ``config.yaml`` goes with
+them. The output folder is written atomically and never replaces a folder this program did not write.
 """
 from __future__ import annotations
 
