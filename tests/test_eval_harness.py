@@ -258,3 +258,15 @@ def test_a_method_announced_but_not_built_says_so():
         assert "lrm+sds" not in _UNAVAILABLE
     finally:
         _UNAVAILABLE.pop("_test_future", None)
+
+
+def test_object_window_skips_and_limits(evalset, tmp_path):
+    """--skip-objects N --max-objects M evaluates objects N+1..N+M of the set's order (a held-out window)."""
+    uids = list(evalset.uids)
+    out = tmp_path / "w"
+    assert main(["--eval-set", str(evalset.root), "--method", "sphere", "--out", str(out), "--quiet",
+                 "--skip-objects", "1", "--max-objects", "1"]) == 0
+    assert sorted(p.stem for p in (out / "objects" / "sphere").glob("*.json")) == [uids[1]]
+    assert json.loads((out / "run.json").read_text())["objects"] == [uids[1]]
+    r = _cli("--eval-set", str(evalset.root), "--method", "sphere", "--skip-objects", str(len(uids)))
+    assert r.returncode == 2 and "leaves none" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -138,3 +138,39 @@ def test_cli_refines_an_infer_folder_into_a_new_folder(duck, tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
     assert main([str(src), "--mode", "sds", "--prior", str(tmp_path / "no-prior"), "--out", str(tmp_path / "x")]) == 2
     assert "prior" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_anchor_term_is_the_step_opacity_difference():
+    from lrm.refine.loop import anchor_loss, step_opacity
+
+    d = torch.tensor([0.0, 10.0, 14.0, 1e4])
+    # analytic: 1 - exp(-density * step); negative densities count as empty
+    assert torch.allclose(step_opacity(d, 0.05), 1 - torch.exp(-d * 0.05))
+    assert float(step_opacity(torch.tensor([-3.0]), 0.05)) == 0.0
+    assert float(anchor_loss(d, d.clone(), 0.05)) == 0.0
+    # one point moved from empty to opaque out of four: (1 - 0)^2 / 4
+    assert float(anchor_loss(torch.tensor([1e4, 0, 0, 0.0]), torch.zeros(4), 0.05)) == pytest.approx(0.25)
+
+
+def test_anchor_keeps_the_refined_field_near_the_lrms(duck):
+    """Reference losses alone move the field; with a strong anchor the field's opacity stays closer to where it
+    started (measured at points the anchor never drew), and the anchor term is logged."""
+    from lrm.refine.loop import step_opacity
+
+    pipe, image, mask, tri = duck
+    pts = (torch.rand(1, 8192, 3, generator=torch.Generator().manual_seed(7)) * 2 - 1) * pipe.model.decoder.radius
+
+    def drift(t):
+        with torch.no_grad():
+            a = step_opacity(pipe.model.decoder(t, pts)["density"], 0.05)
+            b = step_opacity(pipe.model.decoder(tri, pts)["density"], 0.05)
+        return float((a - b).square().mean())
+
+    base = dict(mode="ref", steps=8, lr=0.05, level="checkpoint", **FAST)
+    free = refine(tri, pipe, image, None, RefineConfig(**base), mask=mask, progress=False)
+    held = refine(tri, pipe, image, None, RefineConfig(w_anchor=50.0, **base), mask=mask, progress=False)
+    assert "anchor" in held.history[-1] and "anchor" not in free.history[-1]
+    assert held.history[0]["anchor"] < 1e-9  # the field starts where the anchor holds it (folded planes: ~1e-15)
+    assert drift(held.triplane) < 0.5 * drift(free.triplane), (drift(held.triplane), drift(free.triplane))
+    with pytest.raises(RefineError, match="w_anchor"):
+        RefineConfig(w_anchor=-1.0)

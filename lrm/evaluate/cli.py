@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 EPILOG = """methods: lrm[:CHECKPOINT] (Pipeline; --set config=tiny for a random-weight model), meshes:DIR
-(outside tools, one mesh per uid; aligned to the GT), baselines sphere, hull and the oracle bbox.
-Not available yet: lrm+sds, sds, mv+lrm. Examples:
+(outside tools, one mesh per uid; aligned to the GT), baselines sphere, hull and the oracle bbox; refinement
+lrm+ref / lrm+sds / sds (from scratch) [:CHECKPOINT]; multi-view mv+lrm and gt-mv+lrm (docs/evaluation.md).
+Examples:
   python -m lrm.evaluate --eval-set dev --method lrm,sphere,hull,bbox,meshes:out/tool_meshes --out runs/eval
-  python -m lrm.evaluate --eval-set dev --method lrm --set config=tiny --sweep mc_resolution=48,96"""
+  python -m lrm.evaluate --eval-set dev --method lrm --set config=tiny --sweep mc_resolution=48,96
+  python -m lrm.evaluate --eval-set data/eval/dev --method lrm+sds --skip-objects 10 --max-objects 10"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-objects", type=int, default=0, help="evaluate only the first N objects")
+    ap.add_argument("--skip-objects", type=int, default=0,
+                    help="leave out the first N objects (with --max-objects: objects N+1..N+M, e.g. a held-out window)")
     ap.add_argument("--retry-failed", action="store_true", help="rerun objects recorded as failed")
     ap.add_argument("--save-meshes", action="store_true", help="also write each (aligned) predicted mesh")
     ap.add_argument("--mesh-renderer", default=None, metavar="MODULE:FUNC",
@@ -75,6 +79,8 @@ def _run(args) -> int:
         sweeps = {k: [parse_value(x) for x in v.split(",") if x != ""] for k, v in _kv(args.sweep, "--sweep").items()}
     except ValueError as e:
         return fail(str(e))
+    if args.skip_objects < 0 or args.max_objects < 0:
+        return fail("--skip-objects and --max-objects must be >= 0")
     specs = [s.strip() for s in args.method.split(",") if s.strip()]
     if not specs:
         return fail("--method is empty")
@@ -88,6 +94,8 @@ def _run(args) -> int:
         es = resolve_eval_set(args.eval_set)
     except EvalSetError as e:
         return fail(str(e))
+    if args.skip_objects and args.skip_objects >= len(es.uids):
+        return fail(f"--skip-objects {args.skip_objects} leaves none of the eval set's {len(es.uids)} objects")
     device = args.device
     if device == "auto":
         import torch
@@ -110,7 +118,7 @@ def _run(args) -> int:
     out = Path(args.out or Path("runs") / "eval" / es.root.name)
     opts = RunOptions(out=out, align=args.align, timeout_s=args.timeout or None, device=device, seed=args.seed,
                       retry_failed=args.retry_failed, save_meshes=args.save_meshes, max_objects=args.max_objects,
-                      mesh_renderer=mesh_renderer,
+                      skip_objects=args.skip_objects, mesh_renderer=mesh_renderer,
                       progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
     t = time.perf_counter()
     records = run(es, variants, opts)

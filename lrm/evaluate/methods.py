@@ -692,12 +692,13 @@ class RefinedLRM(LRMMethod):
     ``t_max_end`` over the run), ``w_sds``, ``lr``, ``pixel_plane`` (fixed | optimise: whether a pixel-plane scene's
     fourth plane is refined too), ``level`` (checkpoint (default): the refined mesh is cut at the checkpoint's
     ``infer.refined_mc_threshold``, else its ``mc_threshold``; silhouette: matched to the input's alpha; an explicit
-    ``threshold`` is used as given; ``RefineConfig.level``); seconds include the feed-forward pass."""
+    ``threshold`` is used as given; ``RefineConfig.level``), ``w_anchor`` (weight of the term that keeps the refined
+    field's opacity near the LRM's, ``RefineConfig.w_anchor``); seconds include the feed-forward pass."""
 
     mode = "sds"
     defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
                 "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed",
-                "level": "checkpoint"}
+                "level": "checkpoint", "w_anchor": 0.0}
 
     def setup(self, ctx):
         super().setup(ctx)
@@ -723,7 +724,7 @@ class RefinedLRM(LRMMethod):
         level = float(p["threshold"]) if "threshold" in self.explicit else p["level"]
         return RefineConfig(mode=self.mode, steps=int(p["steps"]), w_sds=float(p["w_sds"]), lr=float(p["lr"]),
                             n_views=int(p["n_views"]), pixel_plane=str(p["pixel_plane"]), seed=0, save_every=0, sds=sds,
-                            level=level)
+                            level=level, w_anchor=float(p["w_anchor"]))
 
     def predict(self, obj, ctx):
         from ..refine.loop import RefineError, refine

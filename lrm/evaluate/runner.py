@@ -273,6 +273,7 @@ class RunOptions:
     mesh_renderer: Optional[Callable] = None  # None: lrm.render.raster.render_mesh
     lpips_fn: Optional[Callable] = None
     max_objects: int = 0
+    skip_objects: int = 0  # leave out the first N objects (with max_objects: a window of the set)
     progress: Callable[[str], None] = print
 
 
@@ -374,7 +375,8 @@ def run(evalset: EvalSet, variants: Sequence[Variant], opts: RunOptions) -> List
     """Evaluate every variant on every object; returns all per-object records (loaded or new)."""
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    uids = evalset.uids[: opts.max_objects] if opts.max_objects else list(evalset.uids)
+    uids = list(evalset.uids)[opts.skip_objects:]
+    uids = uids[: opts.max_objects] if opts.max_objects else uids
     dev = device_name(opts.device)
     _atomic_json(out / "run.json", {"eval_set": str(evalset.root), "protocol": evalset.protocol, "device": dev,
                                     "methods": [v.name for v in variants], "objects": uids, "align": opts.align,

@@ -27,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--decoder-lr", type=float, default=None, help="> 0: also optimise the decoder")
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--n-views", type=int, default=None)
+    p.add_argument("--anchor", type=float, default=None, dest="w_anchor",
+                   help="weight of the term that keeps the field's opacity near the starting one (RefineConfig.w_anchor)")
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--format", default="glb", choices=["glb", "obj", "ply"])
@@ -48,7 +50,7 @@ def config_from_args(args, steps=None):
     from ..guidance import SDSConfig
 
     kw = {"mode": args.mode}
-    for key in ("steps", "lr", "decoder_lr", "n_views", "save_every", "seed", "level"):
+    for key in ("steps", "lr", "decoder_lr", "n_views", "save_every", "seed", "level", "w_anchor"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     if steps is not None:

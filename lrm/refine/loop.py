@@ -10,7 +10,9 @@ Per step (Adam on the triplane, optionally a copy of the decoder; the caller's m
 - ``mask``: MSE (or BCE) between that render's opacity and the input mask;
 - ``sds``: SDS (lrm/guidance/) on ``n_views`` random orbit views (elevation/azimuth ranges, the input's
   distance and FoV) rendered on white; ``entropy``: binary entropy of those views' opacities (pushes pixels to
-  empty or solid); ``sparsity``: their mean opacity.
+  empty or solid); ``sparsity``: their mean opacity; ``anchor``: the squared difference between the refined and
+  the starting field's opacity over a fixed step length at random points of the cube (keeps the shape the LRM
+  predicted wherever the other terms do not pull it away; off by default, ``w_anchor``).
 Coarse to fine: the render side follows ``resolutions`` (switching at ``resolution_milestones``, fractions of
 the run). Modes: ``ref`` (rgb + mask + regularisers on the reference view only: the ablation, no prior), ``sds``
 (all terms), ``scratch`` (all terms, starting from a small-noise triplane of the same shape instead of the LRM's).
@@ -66,6 +68,9 @@ class RefineConfig:
     w_sds: float = 2e-4  # SDS is a sum over the prior's sample elements; rgb/mask are means over pixels
     w_entropy: float = 1e-3
     w_sparsity: float = 0.0
+    w_anchor: float = 0.0  # > 0: pull the field's opacity toward the starting field's (not in scratch mode)
+    anchor_points: int = 4096  # uniform points in the cube per step for the anchor term
+    anchor_step: float = 0.05  # step length of the anchor's opacity 1 - exp(-density * step) (train.points.step)
     scratch_std: float = 0.1  # scratch mode: triplane ~ N(0, std²)
     # a scene with a pixel plane (model.pixel_plane): "fixed" keeps that plane (the input image's features) as the LRM
     # made it and optimises the three 3D planes; "optimise" lets the losses change it too
@@ -97,6 +102,8 @@ class RefineConfig:
             raise RefineError("refine resolution_milestones needs one fraction per resolution after the first")
         if self.mask_loss not in ("mse", "bce"):
             raise RefineError(f"refine mask_loss must be mse or bce, got {self.mask_loss!r}")
+        if self.w_anchor < 0 or self.anchor_points < 1 or not self.anchor_step > 0:
+            raise RefineError("refine w_anchor must be >= 0, anchor_points >= 1 and anchor_step > 0")
         if self.n_views < 1:
             raise RefineError(f"refine n_views must be >= 1, got {self.n_views}")
         if self.pixel_plane not in ("fixed", "optimise"):
@@ -214,6 +221,16 @@ def binary_entropy(p: Tensor) -> Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log()).mean()
 
 
+def step_opacity(density: Tensor, step: float) -> Tensor:
+    """Opacity ``1 - exp(-density * step)`` of a segment of length ``step`` through constant ``density``."""
+    return -torch.expm1(-density.float().clamp_min(0) * step)
+
+
+def anchor_loss(density: Tensor, start_density: Tensor, step: float) -> Tensor:
+    """Mean squared difference of the step opacities of two fields' densities at the same points."""
+    return (step_opacity(density, step) - step_opacity(start_density, step)).square().mean()
+
+
 def reference_losses(rgb: Tensor, opacity: Tensor, image: Tensor, mask: Tensor, mask_loss: str = "mse") -> Dict[str, Tensor]:
     """rgb [1, 3, r, r] / opacity [1, r, r] of the input-camera render against image [1, 3, r, r] and mask [1, r, r]."""
     out = {"rgb": F.mse_loss(rgb, image)}
@@ -300,9 +317,17 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
     if cfg.uses_prior:
         guidance = make_guidance("sds", prior, replace(cfg.sds, anneal_steps=cfg.sds.anneal_steps or cfg.steps))
         guidance.generator = torch.Generator().manual_seed(cfg.seed + 1)
+    anchor_start = None
+    if cfg.w_anchor > 0 and cfg.mode != "scratch":
+        start_decoder, start_tri = lrm.decoder, start.to(dev)
+        radius = float(decoder.radius)
+
+        @torch.no_grad()
+        def anchor_start(points):
+            return start_decoder(start_tri, points)["density"]
     reference = Reference(resize(img, int(prior.resolution)) if prior is not None else img, ref_c2w)
     weights = {"rgb": cfg.w_rgb, "mask": cfg.w_mask, "sds": cfg.w_sds, "entropy": cfg.w_entropy,
-               "sparsity": cfg.w_sparsity}
+               "sparsity": cfg.w_sparsity, "anchor": cfg.w_anchor}
     history: List[Dict[str, float]] = []
     skipped = in_a_row = renders = 0
     t0 = time.perf_counter()
@@ -324,6 +349,9 @@ def refine(triplane: Optional[Tensor], model, image, prior=None, cfg: Optional[R
             terms["entropy"] = binary_entropy(reg_op)
         if cfg.w_sparsity:
             terms["sparsity"] = reg_op.mean()
+        if anchor_start is not None:
+            pts = (torch.rand(1, cfg.anchor_points, 3, generator=gen) * 2 - 1).to(dev) * radius
+            terms["anchor"] = anchor_loss(decoder(tri, pts)["density"], anchor_start(pts), cfg.anchor_step)
         total = sum(weights[k] * v for k, v in terms.items())
         ok = bool(torch.isfinite(total)) and total.requires_grad
         if ok:
