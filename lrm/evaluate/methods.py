@@ -698,7 +698,7 @@ class RefinedLRM(LRMMethod):
     mode = "sds"
     defaults = {**LRMMethod.defaults, "prior": None, "steps": 60, "guidance": 3.0, "t_max": 0.98,
                 "t_max_end": 0.5, "w_sds": 2e-4, "lr": 0.02, "n_views": 1, "pixel_plane": "fixed",
-                "level": "checkpoint", "w_anchor": 0.0}
+                "level": "checkpoint", "w_anchor": 1.0}
 
     def setup(self, ctx):
         super().setup(ctx)
