@@ -68,6 +68,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=6, help="steps measured per mode (projected to the default)")
     ap.add_argument("--image", default=str(ROOT / "examples" / "duck.png"))
     ap.add_argument("--modes", default="ref,sds,scratch")
+    ap.add_argument("--anchor-baseline", action="store_true",
+                    help="also time each mode with w_anchor 0 (the anchor term's cost, side by side)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -89,13 +91,16 @@ def main(argv=None):
             prior.predict_noise(x, torch.tensor([500]), None, torch.zeros(1, 4))
         call_s = (time.perf_counter() - t0) / 5
     rows = []
-    for mode in args.modes.split(","):
+    runs = [(m, default.w_anchor) for m in args.modes.split(",")]
+    if args.anchor_baseline:
+        runs = [r for m, w in runs for r in ((m, w), (m, 0.0))]
+    for mode, w_anchor in runs:
         # the same schedule as the default run, compressed to --steps (half coarse, half fine)
         # Two runs, --steps and twice that: their difference is the per-step cost, the rest is what a refinement
         # pays once (set-up, first calls); the projection is once + default.steps x per step.
         timed = []
         for n in (args.steps, 2 * args.steps):
-            cfg = replace(default, mode=mode, steps=n, save_every=0,
+            cfg = replace(default, mode=mode, steps=n, save_every=0, w_anchor=w_anchor,
                           resolution_milestones=tuple(0.5 for _ in default.resolution_milestones))
             w0, c0 = time.perf_counter(), time.process_time()
             res = refine(tri, pipe, pre.image, prior if mode != "ref" else None, cfg, mask=pre.rgba[..., 3],
@@ -105,14 +110,15 @@ def main(argv=None):
         n = args.steps
         step_w, step_c = max(w2 - w1, 0.0) / n, max(c2 - c1, 0.0) / n
         once_w, once_c = max(w1 - n * step_w, 0.0), max(c1 - n * step_c, 0.0)
-        rows.append({"mode": mode, "s_per_step_wall": step_w, "s_per_step_cpu": step_c,
+        label = mode if w_anchor == default.w_anchor else f"{mode} (w_anchor {w_anchor:g})"
+        rows.append({"mode": label, "s_per_step_wall": step_w, "s_per_step_cpu": step_c,
                      "steps_per_s": 1.0 / step_w if step_w > 0 else float("inf"),
                      "renders_per_step": s["renders"] / (2 * n), "prior_calls_per_step": s["prior_calls"] / (2 * n),
                      "once_wall_s": once_w, "projected_wall_s": once_w + step_w * default.steps,
                      "projected_cpu_s": once_c + step_c * default.steps})
     print(f"default RefineConfig: steps {default.steps}, resolutions {default.resolutions} "
           f"(milestones {default.resolution_milestones}), samples {default.n_samples}+{default.n_importance}, "
-          f"views {default.n_views}, guidance scale {default.sds.guidance_scale}; prior {prior.params / 1e6:.2f} M "
+          f"views {default.n_views}, w_anchor {default.w_anchor:g}, guidance scale {default.sds.guidance_scale}; prior {prior.params / 1e6:.2f} M "
           f"params at 64², {call_s:.3f} s per call (batch 1); threads {torch.get_num_threads()}")
     print("| mode | s/step wall | s/step CPU | steps/s | renders/step | prior calls/step | once per run wall s | "
           f"projected {default.steps} steps wall s | CPU s |")
