@@ -13,6 +13,17 @@ random 3 × 40 × 64² planes and the same MLP weights (ours copied into theirs)
 compared: the two codes order the planes' axes differently (lrm/convert/triposr.py maps checkpoints, not scenes).
 TripoSR's `tsr.utils` imports `rembg` at module level, which its renderer never uses; a stub module stands in when
 the package is absent. shared/reference-figures.md: TripoSR's view took 7.1 s there; the target is <= 0.3x.
+
+``--stage triplane``: image (512²) -> triplane at TripoSR's size. TripoSR's own modules (its DINO ViT tokenizer on
+transformers' ViTModel, `Triplane1DTokenizer`, `Transformer1D`, `TriplaneUpsampleNetwork`) are built from the full
+config in shared/conformance/triposr/full_manifest.json and composed as `TSR.forward` composes them (its
+`tsr.system` is not imported: it needs torchmcubes for meshes only); the ViT config its tokenizer downloads at
+construction is written locally from the manifest. One random state dict (the manifest's keys and shapes) is loaded
+into theirs and converted into ours with `lrm.convert.triposr`, so both compute the same function. Timed in turn
+each round: theirs in fp32 (the reference: 18.0 s in shared/reference-figures.md; the target is ours <= 0.5x of it),
+ours in fp32, ours with `precision=bf16` (autocast on encoder, transformer and upsampler, as `infer.py --precision
+bf16`), and theirs under the same autocast for comparison. Accuracy: ours fp32 against theirs, ours bf16 against
+theirs (relative L2 error of the triplane).
 """
 from __future__ import annotations
 
@@ -110,12 +121,19 @@ def main():
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--scene", choices=["random", "ball"], default="random",
                     help="random planes (fog everywhere: nothing to skip) or a ball in empty space")
+    ap.add_argument("--stage", choices=["view", "triplane"], default="view",
+                    help="one rendered view (default) or image -> triplane")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/peer_triposr"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override our `configs/triposr.yaml` for the view (e.g. model.decoder.mlp_precision=bf16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.stage == "triplane":
+        return bench_triplane(a)
     from lrm import cameras as C
     from lrm.config import load_config
 
-    cfg = load_config("triposr")
+    cfg = load_config("triposr", a.set)
     ch = int(cfg.model.upsampler.channels)
     if a.scene == "ball":
         def scene(ours_linears):
@@ -153,6 +171,119 @@ def main():
     print(f"| TripoSR's own (chunk 8,192) | {med['theirs'][0]:.2f} | {med['theirs'][1]:.2f} | 1 | |")
     print(f"| ours (`configs/triposr.yaml`) | {med['ours'][0]:.2f} | {med['ours'][1]:.2f} | "
           f"{med['ours'][0] / med['theirs'][0]:.2f}x | <= 0.3x |")
+
+
+MANIFEST = ROOT / "tests" / "data" / "triposr_conformance" / "full_manifest.json"  # vendored copy of shared/'s
+
+
+def their_image_to_triplane(src: Path, manifest: dict, workdir: Path):
+    """TripoSR's own image -> scene-code modules at the manifest's config, composed as `TSR.forward` composes them
+    -> (container module holding them, fn(images [B, 3, H, W] in [0, 1]) -> scene codes [B, 3, C, R, R])."""
+    import json
+
+    import_triposr(src)  # puts the checkout on sys.path (and stubs rembg)
+    import tsr.models.tokenizers.image as timg
+    from tsr.utils import find_class
+
+    cfg = manifest["tsr_config"]
+    vit_json = workdir / "dino_vitb16_config.json"
+    vit_json.write_text(json.dumps(manifest["vit_config"]))
+    timg.hf_hub_download = lambda repo_id, filename, **kw: str(vit_json)  # no hub here: its config, written locally
+    net = torch.nn.Module()
+    for name in ("image_tokenizer", "tokenizer", "backbone", "post_processor"):
+        setattr(net, name, find_class(cfg[name + "_cls"])(cfg[name]))
+
+    def forward(images):
+        b = images.shape[0]
+        tokens_in = net.image_tokenizer(images[:, None])  # [B, 1, C, Nt]
+        tokens_in = tokens_in.permute(0, 1, 3, 2).reshape(b, -1, tokens_in.shape[2])  # [B, Nt, C]
+        x = net.backbone(net.tokenizer(b), encoder_hidden_states=tokens_in)
+        return net.post_processor(net.tokenizer.detokenize(x))
+
+    return net.eval(), forward
+
+
+_VIT_V5_NAMES = [  # transformers >= 5 renamed ViTModel's submodules; TripoSR pins 4.35 (the manifest's names)
+    (".encoder.layer.", ".layers."), (".attention.attention.query.", ".attention.q_proj."),
+    (".attention.attention.key.", ".attention.k_proj."), (".attention.attention.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."), (".intermediate.dense.", ".mlp.fc1."),
+    (".output.dense.", ".mlp.fc2.")]
+
+
+def for_installed_vit(sd: dict, net: torch.nn.Module) -> dict:
+    """The manifest's (transformers 4.x) ViT key names, renamed if the installed ViTModel uses the 5.x ones."""
+    if not any(".layers." in k for k in net.state_dict() if k.startswith("image_tokenizer.")):
+        return sd
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("image_tokenizer."):
+            for old, new in _VIT_V5_NAMES:
+                k = k.replace(old, new)
+        out[k] = v
+    return out
+
+
+def bench_triplane(a):
+    import json
+
+    from safetensors.torch import save_file
+
+    from bench_triposr import random_triposr_state_dict
+    from lrm.checkpoint import load_checkpoint
+    from lrm.convert import triposr as tsr_convert
+    from lrm.precision import autocast_for, cpu_native_bf16
+
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads(MANIFEST.read_text())
+    sd = random_triposr_state_dict(manifest)
+    net, theirs_fwd = their_image_to_triplane(a.triposr, manifest, a.workdir)
+    missing, unexpected = net.load_state_dict(for_installed_vit(sd, net), strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("decoder.")]
+    if missing or unexpected:
+        raise SystemExit(f"TripoSR's modules do not take the manifest's keys: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    src, cfg_json, folder = (a.workdir / "triposr_random.safetensors", a.workdir / "triposr_config.json",
+                             a.workdir / "ours")
+    save_file(sd, str(src))
+    cfg_json.write_text(json.dumps({"tsr_config": manifest["tsr_config"], "vit_config": manifest["vit_config"]}))
+    tsr_convert.convert(src, cfg_json, folder)
+    del sd
+    src.unlink()
+    model, cfg = load_checkpoint(folder)
+    model.eval()
+    s = int(cfg.model.encoder.image_size)
+    img = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    dev = torch.device("cpu")
+
+    def run(fn, precision):
+        def go():
+            with torch.no_grad(), autocast_for(precision, dev):
+                return fn(img).float()
+        return go
+
+    fns = {"theirs fp32": run(theirs_fwd, "fp32"), "ours fp32": run(model, "fp32"),
+           "ours bf16": run(model, "bf16"), "theirs bf16 (autocast)": run(theirs_fwd, "bf16")}
+    for fn in fns.values():  # warm-up (first-call allocations, oneDNN kernel selection), untimed
+        fn()
+    results = interleaved(list(fns.values()), a.rounds)
+    out = dict(zip(fns, results))
+    ref = out["theirs fp32"][0]
+
+    def rel(x):
+        return float((x - ref).norm() / ref.norm())
+
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds, image {s}² -> triplane "
+          f"{tuple(ref.shape[1:])} at TripoSR size; native bf16: {cpu_native_bf16()}")
+    print("| image -> triplane | wall s (median) | CPU s (median) | / TripoSR fp32 (wall) | rel. L2 error vs "
+          "TripoSR fp32 | target |")
+    print("|---|---|---|---|---|---|")
+    base = out["theirs fp32"][1]
+    for name, (res, wall, cpu) in out.items():
+        target = "<= 0.5x" if name == "ours bf16" else ""
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall / base:.2f}x | {rel(res):.2e} | {target} |")
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,24 @@ def test_folded_decoder_equals_sampling_then_linear(aggregation, pixel, layers):
     assert torch.allclose(got, ref, atol=1e-5 * ref.abs().max().item())
 
 
+def test_bf16_mlp_keeps_the_fold_and_matches_the_unfolded_bf16_mlp():
+    """``mlp_precision=bf16``: the folded path still applies (fp32 table and first layer, bf16 after it) and agrees
+    with the unfolded bf16 MLP to bf16 rounding; both are close to fp32 and differ from it (bf16 really ran)."""
+    torch.manual_seed(2)
+    dec = decoder("concat", False, 4)
+    tri = torch.randn(1, 3, 6, 8, 12)
+    pts = points(1, 2000)
+    with torch.no_grad():
+        exact = dec(tri, pts)["raw"]
+    dec.cfg.mlp_precision = "bf16"
+    ref, got = both(dec, tri, pts)
+    assert got.dtype == torch.float32
+    scale = exact.abs().max().item()
+    assert not torch.equal(got, exact)
+    assert (got - exact).abs().max().item() < 0.05 * scale
+    assert (got - ref).abs().max().item() < 0.05 * scale
+
+
 def test_first_layer_of_a_single_texel_is_its_bilinear_weight():
     # one plane of 4 x 4 with a single 1 at (row 1, col 2); the block is the identity on one channel
     planes = torch.zeros(1, 1, 1, 4, 4)

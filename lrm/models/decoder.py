@@ -154,10 +154,10 @@ class TriplaneDecoder(nn.Module):
 
     # ------------------------------------------------------------ inference fast path (lrm/models/plane_fold.py)
     def can_fold(self, triplanes: torch.Tensor) -> bool:
-        """The folded path applies: ``fold_planes``, no autograd, fp32 MLP and no autocast, no depth-band gate."""
+        """The folded path applies: ``fold_planes``, no autograd, no caller's autocast, no depth-band gate. (With
+        ``mlp_precision`` bf16 the table and its first layer stay fp32; the layers after it run in bf16.)"""
         return (bool(getattr(self.cfg, "fold_planes", False)) and not torch.is_grad_enabled()
-                and self.cfg.mlp_precision == "fp32" and self.pixel_gate is None
-                and not torch.is_autocast_enabled(triplanes.device.type))
+                and self.pixel_gate is None and not torch.is_autocast_enabled(triplanes.device.type))
 
     def weight_blocks(self):
         """The first layer's weight split per plane: [hidden, C] for planes 0-2 (and the pixel plane)."""
@@ -203,9 +203,11 @@ class TriplaneDecoder(nn.Module):
             vs.append(proj[1])
         extra = [1.0] + ([proj[2]] if proj is not None else [])  # the bias, the depth offset's column
         x = folded_first_layer(self.folded_table(triplanes), torch.stack(us), torch.stack(vs), h, w, extra)
-        for layer in self.layers[1:]:
-            x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
-        return x.view(b, n, -1)
+        fast = self.cfg.mlp_precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+            for layer in self.layers[1:]:
+                x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
+        return x.float().view(b, n, -1)
 
     def pixel_input(self, pix: torch.Tensor) -> torch.Tensor:
         """Pixel-plane features + depth offset [B, N, C + 1] -> their term in the first layer [B, N, hidden]."""
