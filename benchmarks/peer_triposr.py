@@ -24,6 +24,10 @@ each round: theirs in fp32 (the reference: 18.0 s in shared/reference-figures.md
 ours in fp32, ours with `precision=bf16` (autocast on encoder, transformer and upsampler, as `infer.py --precision
 bf16`), and theirs under the same autocast for comparison. Accuracy: ours fp32 against theirs, ours bf16 against
 theirs (relative L2 error of the triplane).
+
+``--stage mesh``: our 256³ density grid at TripoSR's size (the ball scene, so there is a surface), dense against the
+coarse-to-fine narrow band that mesh extraction uses, timed in turn; the target is the band <= 0.1x the dense grid.
+TripoSR's own extraction (torchmcubes over a dense grid) is not run: it is not installable here.
 """
 from __future__ import annotations
 
@@ -121,8 +125,9 @@ def main():
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--scene", choices=["random", "ball"], default="random",
                     help="random planes (fog everywhere: nothing to skip) or a ball in empty space")
-    ap.add_argument("--stage", choices=["view", "triplane"], default="view",
-                    help="one rendered view (default) or image -> triplane")
+    ap.add_argument("--stage", choices=["view", "triplane", "mesh"], default="view",
+                    help="one rendered view (default), image -> triplane, or a 256³ mesh grid (ours: dense vs band)")
+    ap.add_argument("--grid", type=int, default=256, help="--stage mesh: grid resolution")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/peer_triposr"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override our `configs/triposr.yaml` for the view (e.g. model.decoder.mlp_precision=bf16)")
@@ -142,6 +147,8 @@ def main():
         def scene(ours_linears):
             return torch.randn(1, 3, ch, 64, 64, generator=torch.Generator().manual_seed(0))
     model, renderer, mlp, tri = ours_and_theirs(a.triposr, cfg, scene)
+    if a.stage == "mesh":
+        return bench_mesh(a, model, tri, float(cfg.model.render.radius))
     c2w = C.orbit_camera(30.0, 20.0, cfg.camera.distance)
     intr = C.intrinsics_from_fov(cfg.camera.fov_deg)
     rays_o, rays_d = C.get_rays(c2w, intr, a.res, a.res)
@@ -171,6 +178,34 @@ def main():
     print(f"| TripoSR's own (chunk 8,192) | {med['theirs'][0]:.2f} | {med['theirs'][1]:.2f} | 1 | |")
     print(f"| ours (`configs/triposr.yaml`) | {med['ours'][0]:.2f} | {med['ours'][1]:.2f} | "
           f"{med['ours'][0] / med['theirs'][0]:.2f}x | <= 0.3x |")
+
+
+def bench_mesh(a, model, tri, radius: float, threshold: float = 1.0):
+    """Our density grid (dense, then the narrow band) at TripoSR's size on ``tri``; the two meshes compared."""
+    import numpy as np
+
+    from lrm.mesh import density_grid, marching_cubes
+    from lrm.stages import density_fn
+
+    def grid(factor):
+        def go():
+            with torch.no_grad():
+                g, stats = density_grid(density_fn(model, tri), a.grid, radius, threshold, factor)
+            v, f = marching_cubes(g, threshold, radius)
+            return v, f, stats
+        return go
+
+    (dense, dw, dc), (band, bw, bc) = interleaved([grid(1), grid(4)], a.rounds)
+    same = len(dense[1]) == len(band[1]) and np.allclose(dense[0], band[0], atol=1e-5)
+    q = band[2]["queries"] / dense[2]["queries"]
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.rounds} rounds, {a.grid}³ density grid at TripoSR size "
+          f"(ball scene, level {threshold})")
+    print("| density grid | wall s (median) | CPU s (median) | queries (M) | / dense (wall) | / dense (CPU) | target |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| dense | {dw:.2f} | {dc:.2f} | {dense[2]['queries'] / 1e6:.2f} | 1 | 1 | |")
+    print(f"| narrow band (coarse factor 4) | {bw:.2f} | {bc:.2f} | {band[2]['queries'] / 1e6:.2f} | {bw / dw:.3f}x | "
+          f"{bc / dc:.3f}x | <= 0.1x |")
+    print(f"queries {q:.3f}x of dense; same mesh: {same} ({len(band[1])} faces)")
 
 
 MANIFEST = ROOT / "tests" / "data" / "triposr_conformance" / "full_manifest.json"  # vendored copy of shared/'s

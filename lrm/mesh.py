@@ -122,10 +122,33 @@ def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[n
 
     if not (grid.min() < threshold < grid.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-    v, f = mcubes.marching_cubes(grid, float(threshold))
+    lo, hi = crossing_box(grid, threshold)
+    v, f = mcubes.marching_cubes(np.ascontiguousarray(grid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), float(threshold))
     n = grid.shape[0]
-    v = v * (2 * radius / (n - 1)) - radius
+    v = (v + lo) * (2 * radius / (n - 1)) - radius
     return v, f.astype(np.int64)  # wound so normals point out of the dense region (tested)
+
+
+def crossing_box(grid: np.ndarray, threshold: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The index box [lo, hi) holding every cell whose corners straddle ``threshold``, widened by one cell. Marching
+    cubes on that crop gives the whole grid's triangles (a cell with a triangle has a crossing edge) in a fraction of
+    the time when the surface fills a small part of the cube. Per axis, a slab of the grid is touched by a crossing
+    edge iff it holds both sides (a mixed 2D grid has a crossing pair inside), or it and its neighbour are each
+    one-sided, on different sides."""
+    above = grid > threshold
+    lo, hi = [], []
+    for a in range(3):
+        other = tuple(x for x in range(3) if x != a)
+        some, every = above.any(axis=other), above.all(axis=other)
+        mixed = some & ~every
+        flip = ~mixed[:-1] & ~mixed[1:] & (every[:-1] != every[1:])  # uniform neighbours on different sides
+        touched = mixed.copy()
+        touched[:-1] |= flip
+        touched[1:] |= flip
+        hit = np.flatnonzero(touched)
+        lo.append(max(int(hit[0]) - 1, 0) if len(hit) else 0)
+        hi.append(min(int(hit[-1]) + 2, grid.shape[a]) if len(hit) else grid.shape[a])
+    return np.array(lo), np.array(hi)
 
 
 def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lamb: float = 0.5,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrm.mesh import VIEWER_FROM_CANONICAL, bake_uv_texture, build_trimesh, density_grid, marching_cubes, to_viewer_frame
+from lrm.mesh import (VIEWER_FROM_CANONICAL, bake_uv_texture, build_trimesh, crossing_box, density_grid, marching_cubes,
+                      to_viewer_frame)
 
 
 def sphere_density(center=(0.1, -0.05, 0.0), radius=0.45):
@@ -33,6 +34,34 @@ def test_coarse_to_fine_gives_the_dense_mesh_with_fewer_queries():
     v1, f1 = marching_cubes(dense, 10.0, 0.87)
     v2, f2 = marching_cubes(fast, 10.0, 0.87)
     assert len(f1) == len(f2) and np.allclose(v1, v2, atol=1e-6)
+
+
+@pytest.mark.parametrize("field", ["ball", "slab", "corner", "two_blobs", "specks"])
+def test_marching_cubes_on_the_crossing_box_equals_the_whole_grid(field):
+    """The crop to the cells that straddle the level (lrm.mesh.crossing_box) changes nothing: the same vertices and
+    faces, in the same order, as PyMCubes on the uncropped grid (the independent reference)."""
+    import mcubes
+
+    n = 65
+    x = np.linspace(-1, 1, n)
+    X, Y, Z = np.meshgrid(x, x, x, indexing="ij")
+    grids = {"ball": 3 - 16 * ((X - 0.2) ** 2 + Y ** 2 + (Z + 0.1) ** 2),
+             "slab": 0.05 - np.abs(X + 0.3 * Y),  # reaches the cube's faces on two axes
+             "corner": 1.5 - X - Y,  # the level set runs into the grid's last index
+             "two_blobs": np.maximum(0.02 - (X - 0.5) ** 2 - Y ** 2 - Z ** 2, 0.02 - (X + 0.6) ** 2 - (Y - 0.5) ** 2 - Z ** 2)}
+    rng = np.random.default_rng(0)
+    specks = -np.ones((n, n, n))
+    specks[tuple(rng.integers(0, n, (3, 6)))] = 1.0  # isolated single points, two of them possibly on the border
+    specks[0, 5, 7] = specks[n - 1, n - 1, 3] = 1.0
+    grids["specks"] = specks
+    g = grids[field]
+    v, f = marching_cubes(g, 0.0, 0.87)
+    v0, f0 = mcubes.marching_cubes(g, 0.0)
+    assert len(f) > 0 and np.array_equal(f, f0)
+    assert np.allclose(v, v0 * (2 * 0.87 / (n - 1)) - 0.87, atol=1e-9)
+    lo, hi = crossing_box(g, 0.0)
+    if field in ("ball", "two_blobs"):
+        assert np.prod(hi - lo) < 0.5 * n ** 3  # it did crop
 
 
 def test_empty_field_gives_empty_mesh():
