@@ -207,7 +207,7 @@ class TriplaneDecoder(nn.Module):
         with torch.autocast(x.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
             for layer in self.layers[1:]:
                 x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
-        return x.float().view(b, n, -1)
+        return (x.float() if fast else x).view(b, n, -1)
 
     def pixel_input(self, pix: torch.Tensor) -> torch.Tensor:
         """Pixel-plane features + depth offset [B, N, C + 1] -> their term in the first layer [B, N, hidden]."""
