@@ -165,7 +165,8 @@ def check_multiview_checkpoint(folder):
 
     folder = Path(folder)
     if not folder.exists():
-        hint = (" (train one: python train.py --config mv-tiny --init-from checkpoints/default, then copy its "
+        hint = (" (train one: python train.py --config mv-tiny --init-from checkpoints/default "
+                "model.encoder.kind=efficientnet_lite0 model.transformer.depth=8, then copy its "
                 "model/ folder there; or pass --mv-checkpoint DIR)") if folder == DEFAULT_MV_CHECKPOINT else ""
         raise CheckpointError(f"multi-view checkpoint not found: {folder}{hint}")
     if not is_checkpoint_dir(folder):
