@@ -53,15 +53,16 @@ def surface_fscore(mesh, ref, tau=0.01, n=10_000, n_ref=300_000):
 
 @pytest.mark.skipif(not (CKPT / "model.safetensors").is_file(), reason="no shipped checkpoint")
 def test_bf16_pipeline_mesh_matches_fp32_mesh():
-    """``Pipeline(precision='bf16')``: triplane within 2 % (relative L2) of fp32 and mesh F-score@0.01 vs the fp32
-    mesh >= 0.99."""
+    """``Pipeline(precision='bf16')``: triplane within 5 % (relative L2) of fp32 and mesh F-score@0.01 vs the fp32
+    mesh >= 0.99. Measured on the duck: 0.8 % with the four-block checkpoints (stages 5-8), 3.6 % with stage 10's
+    eight blocks (on a CPU with AMX), where the mesh F-score is 0.996."""
     from _duck import duck_triplane
     from lrm.pipeline import Pipeline
 
     fp32, image, a = duck_triplane()
     b = Pipeline(fp32.model, fp32.cfg, precision="bf16").triplane(image)
     assert b.dtype == torch.float32
-    assert float((a - b).norm() / a.norm()) < 0.02
+    assert float((a - b).norm() / a.norm()) < 0.05
     ma, mb = fp32.extract_mesh(a, {}, {}), fp32.extract_mesh(b, {}, {})
     assert len(ma.faces) > 1000
     assert surface_fscore(mb, ma) >= 0.99
