@@ -89,6 +89,17 @@ def random_triposr_state_dict(manifest: dict):
     return sd
 
 
+def write_triposr_files(sd: dict, manifest: dict, workdir: Path):
+    """A TripoSR state dict and the manifest's config as the files `lrm.convert.triposr.convert` reads ->
+    (weights path, config path)."""
+    from safetensors.torch import save_file
+
+    src, cfg_json = workdir / "triposr_random.safetensors", workdir / "triposr_config.json"
+    save_file(sd, str(src))
+    cfg_json.write_text(json.dumps({"tsr_config": manifest["tsr_config"], "vit_config": manifest["vit_config"]}))
+    return src, cfg_json
+
+
 def run_one(name: str, workdir: Path, res: int, grid: int, threads: int) -> dict:
     import torch
 
@@ -101,15 +112,10 @@ def run_one(name: str, workdir: Path, res: int, grid: int, threads: int) -> dict
     row = {"config": name, "threads": threads, "loadavg_start": os.getloadavg()[0]}
     folder = workdir / name
     if name == "triposr":
-        from safetensors.torch import save_file
-
         from lrm.convert import triposr as tsr
 
         manifest = json.loads(MANIFEST.read_text())
-        src = workdir / "triposr_random.safetensors"
-        save_file(random_triposr_state_dict(manifest), str(src))
-        cfg_json = workdir / "triposr_config.json"
-        cfg_json.write_text(json.dumps({"tsr_config": manifest["tsr_config"], "vit_config": manifest["vit_config"]}))
+        src, cfg_json = write_triposr_files(random_triposr_state_dict(manifest), manifest, workdir)
         with Stage(row, "convert", sampler):
             tsr.convert(src, cfg_json, folder)
         src.unlink()

@@ -208,9 +208,6 @@ def bench_mesh(a, model, tri, radius: float, threshold: float = 1.0):
     print(f"queries {q:.3f}x of dense; same mesh: {same} ({len(band[1])} faces)")
 
 
-MANIFEST = ROOT / "tests" / "data" / "triposr_conformance" / "full_manifest.json"  # vendored copy of shared/'s
-
-
 def their_image_to_triplane(src: Path, manifest: dict, workdir: Path):
     """TripoSR's own image -> scene-code modules at the manifest's config, composed as `TSR.forward` composes them
     -> (container module holding them, fn(images [B, 3, H, W] in [0, 1]) -> scene codes [B, 3, C, R, R])."""
@@ -261,9 +258,7 @@ def for_installed_vit(sd: dict, net: torch.nn.Module) -> dict:
 def bench_triplane(a):
     import json
 
-    from safetensors.torch import save_file
-
-    from bench_triposr import random_triposr_state_dict
+    from bench_triposr import MANIFEST, random_triposr_state_dict, write_triposr_files
     from lrm.checkpoint import load_checkpoint
     from lrm.convert import triposr as tsr_convert
     from lrm.precision import autocast_for, cpu_native_bf16
@@ -277,10 +272,8 @@ def bench_triplane(a):
     if missing or unexpected:
         raise SystemExit(f"TripoSR's modules do not take the manifest's keys: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
-    src, cfg_json, folder = (a.workdir / "triposr_random.safetensors", a.workdir / "triposr_config.json",
-                             a.workdir / "ours")
-    save_file(sd, str(src))
-    cfg_json.write_text(json.dumps({"tsr_config": manifest["tsr_config"], "vit_config": manifest["vit_config"]}))
+    folder = a.workdir / "ours"
+    src, cfg_json = write_triposr_files(sd, manifest, a.workdir)
     tsr_convert.convert(src, cfg_json, folder)
     del sd
     src.unlink()
