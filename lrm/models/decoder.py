@@ -143,14 +143,20 @@ class TriplaneDecoder(nn.Module):
         """The MLP on sampled features (+ pixel-plane features) -> raw [B, N, 4]. With ``mlp_precision`` bf16 and no
         gradient being taken it runs under bf16 autocast and returns fp32 (tests/test_precision.py); otherwise it runs
         in whatever precision the caller set up (fp32, or the caller's autocast when training in bf16)."""
-        fast = self.cfg.mlp_precision == "bf16" and not torch.is_grad_enabled()
-        # (no context at all otherwise: a disabled autocast would also switch off a caller's, e.g. bf16 training)
-        with torch.autocast(feats.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+        fast, ctx = self.mlp_autocast(feats.device.type)
+        with ctx:
             if pix is None:
                 raw = self.layers(feats)
             else:
                 raw = self.layers[1:](self.layers[0](feats) + self.pixel_input(pix))
         return raw.float() if fast else raw
+
+    def mlp_autocast(self, device_type: str):
+        """(whether the MLP runs in bf16, the context to run it in): bf16 autocast with ``mlp_precision`` bf16 and no
+        gradient being taken; otherwise no context at all (a disabled autocast would also switch off a caller's, e.g.
+        bf16 training). The caller casts a bf16 result back to fp32."""
+        fast = self.cfg.mlp_precision == "bf16" and not torch.is_grad_enabled()
+        return fast, torch.autocast(device_type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
 
     # ------------------------------------------------------------ inference fast path (lrm/models/plane_fold.py)
     def can_fold(self, triplanes: torch.Tensor) -> bool:
@@ -203,8 +209,8 @@ class TriplaneDecoder(nn.Module):
             vs.append(proj[1])
         extra = [1.0] + ([proj[2]] if proj is not None else [])  # the bias, the depth offset's column
         x = folded_first_layer(self.folded_table(triplanes), torch.stack(us), torch.stack(vs), h, w, extra)
-        fast = self.cfg.mlp_precision == "bf16"
-        with torch.autocast(x.device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+        fast, ctx = self.mlp_autocast(x.device.type)  # (no autograd on this path)
+        with ctx:
             for layer in self.layers[1:]:
                 x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
         return (x.float() if fast else x).view(b, n, -1)
