@@ -2,7 +2,8 @@
 (``python infer.py``, ``lrm-infer``).
 
     python infer.py examples/duck.png [more.png ...] [--out outputs] [--checkpoint checkpoints/default]
-        [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--mesh-smooth N] [--texture vertex|uv] [--video]
+        [--format glb|obj|ply] [--mc-resolution 129] [--mc-threshold T] [--mesh-smooth N] [--field-smooth SIGMA]
+        [--texture vertex|uv] [--video]
         [--video-format mp4|gif] [--device cpu|cuda] [--precision fp32|bf16] [--mask mask.png] [--orientation viewer|canonical]
         [--refine sds|ref|scratch [--prior DIR] [--refine-steps N]]
     python infer.py a.png b.png c.png --cameras cams.json --checkpoint MULTIVIEW_MODEL   # one object, several views
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--mc-threshold", type=float, default=None, help="density level of the surface")
     p.add_argument("--mesh-smooth", type=int, default=None, metavar="N",
                    help="Taubin smoothing iterations of the mesh (0: off; default: the checkpoint's infer.mesh_smooth)")
+    p.add_argument("--field-smooth", type=float, default=None, metavar="SIGMA",
+                   help="smooth the density field (Gaussian of SIGMA world units, in the log domain) before marching "
+                        "cubes (0: off; default: the checkpoint's infer.field_smooth)")
     p.add_argument("--texture", default=None, choices=["vertex", "uv"])
     p.add_argument("--texture-size", type=int, default=None)
     p.add_argument("--video", action="store_true", help="also render a turntable")
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
     errors = input_errors()
     out_root = Path(args.out)
     opts = dict(mc_resolution=args.mc_resolution, mc_threshold=args.mc_threshold, mesh_smooth=args.mesh_smooth,
-                texture=args.texture, texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
+                field_smooth=args.field_smooth, texture=args.texture, texture_size=args.texture_size, video_frames=args.video_frames, precision=args.precision)
     if args.frontend:
         return main_frontend(args, opts, out_root)
     if args.cameras:

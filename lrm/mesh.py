@@ -116,6 +116,26 @@ def _face_neighbours(full: torch.Tensor, done: torch.Tensor, f: int, threshold: 
     return out
 
 
+def smooth_log_density(grid: np.ndarray, sigma: float, floor: float = 1e-6) -> np.ndarray:
+    """The density grid low-passed in the log domain: ``exp(G_sigma * log(max(grid, floor)))``, a Gaussian of
+    ``sigma`` grid cells (edges extended). Marching cubes on it removes the lumps and cracks a learned field has at the
+    scale of a few cells, while a field whose log is linear near the surface (a density falling off exponentially
+    with distance, as ``trunc_exp`` fields do) keeps its level set where it was: a Gaussian leaves linear functions
+    unchanged. ``sigma`` <= 0 returns the grid unchanged (a copy)."""
+    g = np.asarray(grid)
+    if sigma <= 0:
+        return g.copy()
+    from scipy.ndimage import gaussian_filter
+
+    out = np.exp(gaussian_filter(np.log(np.maximum(g.astype(np.float64), floor)), float(sigma), mode="nearest"))
+    return out.astype(g.dtype if np.issubdtype(g.dtype, np.floating) else np.float32)
+
+
+def smoothing_cells(sigma_world: float, resolution: int, radius: float) -> float:
+    """A length in world units as grid cells of an N-point grid spanning [-R, R]."""
+    return float(sigma_world) * (int(resolution) - 1) / (2.0 * float(radius))
+
+
 def marching_cubes(grid: np.ndarray, threshold: float, radius: float) -> Tuple[np.ndarray, np.ndarray]:
     """Vertices (world units) and faces of the ``threshold`` level set of a grid spanning [-R, R]^3."""
     import mcubes

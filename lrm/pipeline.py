@@ -45,6 +45,8 @@ class InferConfig:
     # density level of the surface of a refined scene (lrm/refine: refined fields are cut lower); None: mc_threshold
     refined_mc_threshold: Optional[float] = None
     mesh_smooth: int = 0  # Taubin smoothing iterations of the extracted mesh (lrm/mesh.py; 0: off)
+    # width (world units) of the Gaussian smoothing of the log-density grid before marching cubes (lrm/mesh.py; 0: off)
+    field_smooth: float = 0.0
     coarse_factor: int = 4  # coarse-to-fine density grid: every n-th point first (lrm/mesh.py; 1 = dense)
     texture: str = "vertex"  # vertex | uv
     texture_size: int = 1024  # UV texture map side (texture: uv)
@@ -59,7 +61,7 @@ INFER_KEYS = tuple(f.name for f in fields(InferConfig))
 
 #: Ranges (inclusive) of the numeric options; checked before any work (a 1025^3 grid is already 4 GB).
 INFER_LIMITS = dict(input_size=(32, 2048, True), foreground_ratio=(0.05, 1.0, False), mc_resolution=(8, 513, True),
-                    mc_threshold=(-1e6, 1e6, False), refined_mc_threshold=(-1e6, 1e6, False), mesh_smooth=(0, 1000, True), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
+                    mc_threshold=(-1e6, 1e6, False), refined_mc_threshold=(-1e6, 1e6, False), mesh_smooth=(0, 1000, True), field_smooth=(0.0, 0.5, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
                     video_frames=(1, 1000, True), video_resolution=(16, 2048, True),
                     video_elevation=(-90.0, 90.0, False), chunk=(1, 1 << 22, True))
 
@@ -121,6 +123,9 @@ USER_OPTIONS = (
            "--mc-threshold"),
     Option("mesh_smooth", "int", "mesh smoothing", "Taubin smoothing iterations (0: the raw marching-cubes surface)",
            "--mesh-smooth", minimum=0, maximum=100, step=1),
+    Option("field_smooth", "float", "field smoothing",
+           "width (world units) of the density field's smoothing before marching cubes (0: off); removes small lumps",
+           "--field-smooth", minimum=0.0, maximum=0.05, step=0.005),
     Option("texture", "choice", "texture", "vertex colours, or a baked UV texture map", "--texture",
            choices=("vertex", "uv")),
     Option("texture_size", "choice", "texture size", "UV texture map side in pixels (uv texture only)",
@@ -214,7 +219,8 @@ class Pipeline:
         return stages.extract_mesh(self.model, triplane, resolution=o["mc_resolution"], threshold=o["mc_threshold"],
                                    radius=self.cfg.model.render.radius, coarse_factor=o["coarse_factor"],
                                    chunk=o["chunk"], texture=o["texture"], texture_size=o["texture_size"],
-                                   smooth=o["mesh_smooth"], timings=timings, stats=stats)
+                                   smooth=o["mesh_smooth"], field_smooth=o["field_smooth"], timings=timings,
+                                   stats=stats)
 
     def turntable(self, triplane, frames: Optional[int] = None,
                   progress: Optional[Progress] = None) -> List[np.ndarray]:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import cameras as C
-from .mesh import bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, taubin_smooth
+from .mesh import (bake_uv_texture, build_trimesh, density_grid, field_query, marching_cubes, smooth_log_density,
+                   smoothing_cells, taubin_smooth)
 from .precision import autocast_for
 
 Progress = Callable[[str, float], None]  # (stage, fraction of that stage done)
@@ -53,9 +54,10 @@ def density_fn(model, triplane) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: float, coarse_factor: int = 4,
                  chunk: int = 32768, texture: str = "vertex", texture_size: int = 1024, smooth: int = 0,
-                 timings: Optional[Dict[str, float]] = None, stats: Optional[dict] = None):
-    """Density on a ``resolution``^3 grid over [-R, R]^3 (coarse-to-fine with ``coarse_factor`` > 1), marching cubes
-    at ``threshold`` (outward normals), ``smooth`` Taubin iterations (lrm.mesh.taubin_smooth; 0: none), colours from
+                 field_smooth: float = 0.0, timings: Optional[Dict[str, float]] = None, stats: Optional[dict] = None):
+    """Density on a ``resolution``^3 grid over [-R, R]^3 (coarse-to-fine with ``coarse_factor`` > 1), optionally
+    smoothed in the log domain with a Gaussian of ``field_smooth`` world units (lrm.mesh.smooth_log_density), marching
+    cubes at ``threshold`` (outward normals), ``smooth`` Taubin iterations (lrm.mesh.taubin_smooth; 0: none), colours from
     the colour field at the (smoothed) vertices (or a baked UV texture).
     Returns a trimesh, empty when the density never crosses the threshold; fills ``timings`` / ``stats``."""
     timings = {} if timings is None else timings
@@ -67,6 +69,10 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
     timings["density_grid"] = time.perf_counter() - t
     stats.update(gstats)
     stats.update(density_max=float(grid.max()), density_mean=float(grid.mean()))
+    if field_smooth and field_smooth > 0:
+        t = time.perf_counter()
+        grid = smooth_log_density(grid, smoothing_cells(field_smooth, resolution, radius))
+        timings["field_smooth"] = time.perf_counter() - t
     t = time.perf_counter()
     verts, faces = marching_cubes(grid, threshold, radius)
     timings["marching_cubes"] = time.perf_counter() - t

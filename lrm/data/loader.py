@@ -176,7 +176,8 @@ def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random
         out["occupancy"] = torch.from_numpy(occ[idx].astype(np.float32))
     if m > 0:
         sp, rgb = _npy(sample["surface.npy"]), _npy(sample["surface_rgb.npy"]).astype(np.float32) / 255.0
-        idx = rng.choice(len(sp), m, replace=len(sp) < m)
+        # all of them: in stored order, without a draw, so asking for them leaves the views drawn after unchanged
+        idx = np.arange(m) if m == len(sp) else rng.choice(len(sp), m, replace=len(sp) < m)
         rgb = rgb[idx]
         if color is not None:
             rgb = np.clip(rgb @ color.T, 0, 1)

@@ -308,7 +308,7 @@ class ModelAdapter:
     grid over [-R, R]^3, marching cubes at ``threshold`` gives the mesh, the decoder gives vertex colours."""
 
     def __init__(self, model, device="cpu", mc_resolution: int = 96, threshold: float = 10.0, chunk: int = 32768,
-                 precision: str = "fp32", smooth: int = 0):
+                 precision: str = "fp32", smooth: int = 0, field_smooth: float = 0.0):
         import torch
 
         self.precision = precision
@@ -316,6 +316,7 @@ class ModelAdapter:
         self.device = torch.device(device)
         self.mc_resolution, self.threshold, self.chunk = int(mc_resolution), float(threshold), int(chunk)
         self.smooth = int(smooth or 0)
+        self.field_smooth = float(field_smooth or 0.0)
         self.radius = float(model.cfg.render.radius)
 
     def triplane(self, image_rgb: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray):
@@ -348,7 +349,8 @@ class ModelAdapter:
         stats = {}
         level = self.threshold if threshold is None else float(threshold)
         mesh = extract_mesh(self.model, triplane, resolution=self.mc_resolution, threshold=level,
-                            radius=self.radius, coarse_factor=1, chunk=self.chunk, smooth=self.smooth, stats=stats)
+                            radius=self.radius, coarse_factor=1, chunk=self.chunk, smooth=self.smooth,
+                            field_smooth=self.field_smooth, stats=stats)
         stats = {k: stats[k] for k in ("density_max", "density_mean")}
         if not len(mesh.faces):
             return None, {**stats, "note": f"density never crosses threshold {level:g}: empty mesh"}
@@ -404,11 +406,12 @@ class LRMMethod(Method):
     cuts the mesh at the density level whose silhouette from the input camera best matches the input's alpha
     (``lrm.stages.silhouette_level``) instead of the fixed ``threshold``; the level is recorded as ``mc_level``.
     ``smooth`` sets the mesh's Taubin smoothing iterations (None: the checkpoint's ``infer.mesh_smooth``; 0 without
-    a checkpoint)."""
+    a checkpoint); ``field_smooth`` the width (world units) of the density field's smoothing before marching cubes
+    (None: the checkpoint's ``infer.field_smooth``; 0 without a checkpoint)."""
 
     defaults = {"config": None, "mc_resolution": 96, "threshold": 10.0, "preprocess": "none",
                 "render_resolution": None, "mesher": "auto", "precision": "fp32", "level": "checkpoint",
-                "smooth": None}
+                "smooth": None, "field_smooth": None}
 
     def setup(self, ctx):
         import torch
@@ -417,14 +420,15 @@ class LRMMethod(Method):
         p = self.params
         if p["level"] not in ("checkpoint", "silhouette"):
             raise MethodError(f"{self.name}: level must be checkpoint or silhouette, got {p['level']!r}")
-        if p["smooth"] is not None:
-            from ..pipeline import check_options
-            from ..preprocess import InputError
+        for key, option in (("smooth", "mesh_smooth"), ("field_smooth", "field_smooth")):
+            if p[key] is not None:
+                from ..pipeline import check_options
+                from ..preprocess import InputError
 
-            try:
-                p["smooth"] = check_options({"mesh_smooth": p["smooth"]}, cli=False)["mesh_smooth"]
-            except InputError as e:
-                raise MethodError(f"{self.name}: smooth: {e}") from None
+                try:
+                    p[key] = check_options({option: p[key]}, cli=False)[option]
+                except InputError as e:
+                    raise MethodError(f"{self.name}: {key}: {e}") from None
         self.pipeline = None
         if p["config"]:
             from ..config import load_config
@@ -433,7 +437,8 @@ class LRMMethod(Method):
             cfg = load_config(p["config"])
             model = build_model(cfg)
             self.adapter = ModelAdapter(model, ctx.device, p["mc_resolution"], p["threshold"],
-                                        precision=p["precision"], smooth=p["smooth"])
+                                        precision=p["precision"], smooth=p["smooth"],
+                                        field_smooth=p["field_smooth"])
             self.source = f"random-weight model from config {p['config']}"
             return
         try:
@@ -449,12 +454,16 @@ class LRMMethod(Method):
                 options["mc_threshold"] = float(p["threshold"])
             if p["smooth"] is not None:
                 options["mesh_smooth"] = int(p["smooth"])
+            if p["field_smooth"] is not None:
+                options["field_smooth"] = float(p["field_smooth"])
         if "precision" in self.explicit:
             options["precision"] = p["precision"]
         self.pipeline = Pipeline.from_pretrained(self.arg, device=ctx.device, **options)
-        smooth = getattr(self.pipeline, "opts", {}).get("mesh_smooth", 0) if p["smooth"] is None else p["smooth"]
+        opts = getattr(self.pipeline, "opts", {})
+        smooth = opts.get("mesh_smooth", 0) if p["smooth"] is None else p["smooth"]
+        field_smooth = opts.get("field_smooth", 0.0) if p["field_smooth"] is None else p["field_smooth"]
         self.adapter = ModelAdapter(self.pipeline.model, ctx.device, p["mc_resolution"], p["threshold"],
-                                    precision=p["precision"], smooth=smooth)
+                                    precision=p["precision"], smooth=smooth, field_smooth=field_smooth)
         self.source = f"checkpoint {self.arg or 'default'}"
 
     def predict(self, obj, ctx):

@@ -8,7 +8,11 @@ every object of the ``val`` split: per object one input view and ``--views`` oth
 the training loader's decoder with a fixed seed (so every model is scored on the same views), white
 background, full images at ``--resolution``. PSNR is computed per object and averaged; mask IoU is the
 opacity > 0.5 vs alpha > 0.5 IoU per object, averaged. ``--mesh-thresholds 1,2,5`` also extracts the mesh at
-each density level (marching cubes on a 65³ grid) and scores its rasterised silhouette the same way.
+each density level (marching cubes on a 65³ grid; ``--mesh-resolution``) and scores its rasterised silhouette the
+same way; ``--mesh-surface`` also scores the mesh's surface against the shards' stored surface samples (Chamfer,
+F@0.02 / 0.05 in world units, as lrm.evaluate defines them), and ``--field-smooth 0,0.01`` repeats it all on the
+log-density field smoothed at each width (``infer.field_smooth``): the held-out split on which mesh settings are
+chosen, so that data/eval/dev stays a test set.
 ``--refine-steps N`` first refines each object's scene on its input view (reference losses, lrm/refine) and scores
 the refined scene (the surface level for refined meshes is chosen with it).
 """
@@ -28,24 +32,45 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
                          mc_resolution: int = 65) -> List[float]:
     """For each density threshold: marching-cubes mesh of the triplane, rasterised at the views' cameras
     (c2w [V, 4, 4], intrinsics [V, 4]), silhouette IoU against ``masks`` [V, H, W] (pooled over the views)."""
+    rows = mesh_scores(model, triplane, c2w, intrinsics, masks, thresholds, mc_resolution)
+    return [rows[0.0][float(t)]["silhouette_iou"] for t in thresholds]
+
+
+def mesh_scores(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[float], mc_resolution: int = 65,
+                field_smooth: Sequence[float] = (0.0,), surface: Optional[np.ndarray] = None) -> Dict:
+    """Scores of the marching-cubes mesh at each (field smoothing, density level): {sigma: {level: {...}}}.
+
+    ``field_smooth``: Gaussian widths in world units of the log-density smoothing before marching cubes
+    (lrm.mesh.smooth_log_density; ``infer.field_smooth``). Each mesh is rasterised at the views' cameras and its
+    silhouette scored against ``masks`` ("silhouette_iou"); with ``surface`` ([M, 3] samples of the true surface in
+    the model's frame, from the shards' 3D points) also Chamfer and F@0.02 / 0.05 in world units, as the evaluation
+    harness defines them (lrm.evaluate.metrics)."""
+    from lrm.evaluate.metrics import chamfer_fscore, sample_surface
+    from lrm.mesh import build_trimesh, density_grid, marching_cubes, smooth_log_density, smoothing_cells
     from lrm.render.raster import render_mesh
-    from lrm.mesh import build_trimesh, density_grid, marching_cubes
 
     from ..image_metrics import mask_iou
 
     radius = float(model.cfg.render.radius)
     grid, _ = density_grid(lambda p: model.query(triplane, p[None])["density"][0], mc_resolution, radius,
-                           threshold=float(min(thresholds)), coarse_factor=1)
+                           threshold=float(min(thresholds)), coarse_factor=1 if mc_resolution <= 65 else 4)
     res = masks.shape[-1]
-    out = []
-    for th in thresholds:
-        verts, faces = marching_cubes(grid, th, radius)
-        if len(faces) == 0:
-            out.append(0.0)
-            continue
-        mesh = build_trimesh(verts, faces)
-        sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] for i in range(len(c2w))])
-        out.append(mask_iou(sil, masks))
+    out: Dict = {}
+    for sigma in field_smooth:
+        g = smooth_log_density(grid, smoothing_cells(sigma, mc_resolution, radius))
+        for th in thresholds:
+            row = out.setdefault(float(sigma), {})[float(th)] = {"silhouette_iou": 0.0}
+            verts, faces = marching_cubes(g, th, radius)
+            if len(faces) == 0:
+                if surface is not None:
+                    row.update({"fscore@0.02": 0.0, "fscore@0.05": 0.0})
+                continue
+            mesh = build_trimesh(verts, faces)
+            sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] for i in range(len(c2w))])
+            row["silhouette_iou"] = mask_iou(sil, masks)
+            if surface is not None:
+                s = chamfer_fscore(sample_surface(mesh), np.asarray(surface, np.float64), (0.02, 0.05))
+                row.update({k: s[k] for k in ("chamfer", "fscore@0.02", "fscore@0.05")})
     return out
 
 
@@ -53,11 +78,13 @@ def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Se
 def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image_size: int = 64,
                    limit: Optional[int] = None, seed: int = 1234, progress: bool = True,
                    mesh_thresholds: Sequence[float] = (), refine=None, split: str = "val",
-                   input_depth: bool = False) -> Dict:
+                   input_depth: bool = False, mesh_resolution: int = 65, field_smooth: Sequence[float] = (0.0,),
+                   mesh_surface: bool = False) -> Dict:
     """Every val object scored as the module docstring says; ``refine`` (a ``RefineConfig``, mode ref: no prior)
     refines each object's scene on its input view first and scores the refined scene. ``input_depth``: also the L1
     (cube radii) of pixel-plane channel 3 against the input view's depth offsets (models trained with
-    ``train.loss.input_depth``)."""
+    ``train.loss.input_depth``). ``mesh_resolution``, ``field_smooth`` and ``mesh_surface`` (score the meshes' surface
+    against the shards' surface samples too): :func:`mesh_scores`."""
     from tqdm import tqdm
 
     from lrm.data import make_loader
@@ -68,7 +95,7 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         torch.manual_seed(seed)  # the loader's view choice also depends on torch.initial_seed()
         batches = list(_take(make_loader(data, num_views_target=views, image_size=image_size, batch_size=1,
                                          num_workers=0, shuffle=False, seed=seed, split=split, background="white",
-                                         repeat=False, extras={"input_depth": True} if input_depth else None),
+                                         repeat=False, extras=_extras(input_depth, mesh_surface)),
                              limit))
     rows = []
     for batch in tqdm(batches, desc=f"{split} objects", disable=not progress):
@@ -83,9 +110,12 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         if input_depth:
             rows[-1]["input_depth_l1"] = input_depth_error(model, batch, out["triplane"])
         if mesh_thresholds:
-            ious = mesh_silhouette_ious(model, out["triplane"], batch["target_c2w"][0, :views],
-                                        batch["target_intrinsics"][0, :views], out["target_mask"][0], mesh_thresholds)
-            rows[-1]["mesh_iou"] = dict(zip([float(t) for t in mesh_thresholds], ious))
+            surface = batch["surface_points"][0].numpy() if mesh_surface else None
+            m = mesh_scores(model, out["triplane"], batch["target_c2w"][0, :views],
+                            batch["target_intrinsics"][0, :views], out["target_mask"][0], mesh_thresholds,
+                            mesh_resolution, field_smooth, surface)
+            rows[-1]["mesh"] = m
+            rows[-1]["mesh_iou"] = {t: r["silhouette_iou"] for t, r in m[float(field_smooth[0])].items()}
     if not rows:
         raise ValueError(f"no {split} objects in {data}")
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
@@ -95,8 +125,21 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
         result["input_depth_l1"] = mean("input_depth_l1")
     if mesh_thresholds:
         result["mesh_iou"] = {float(t): sum(r["mesh_iou"][float(t)] for r in rows) / len(rows) for t in mesh_thresholds}
+        result["mesh_resolution"] = int(mesh_resolution)
+        result["mesh"] = {sig: {t: {k: float(np.mean([r["mesh"][sig][t][k] for r in rows if k in r["mesh"][sig][t]]))
+                                    for k in rows[0]["mesh"][sig][t]}
+                                for t in rows[0]["mesh"][sig]} for sig in rows[0]["mesh"]}
     result["per_object"] = rows
     return result
+
+
+def _extras(input_depth: bool, surface: bool) -> Optional[Dict]:
+    extras = {}
+    if input_depth:
+        extras["input_depth"] = True
+    if surface:
+        extras["surface_points"] = 4096  # all a shard stores per object (lrm/data/points.py)
+    return extras or None
 
 
 def input_depth_error(model, batch: Dict, triplane: torch.Tensor) -> float:
@@ -139,6 +182,14 @@ def main(argv=None) -> int:
     p.add_argument("--mesh-thresholds", default="",
                    help="comma-separated density levels: also score the marching-cubes mesh's silhouette IoU at "
                         "each (to choose the checkpoint's infer.mc_threshold)")
+    p.add_argument("--mesh-resolution", type=int, default=65,
+                   help="marching-cubes grid points per side for --mesh-thresholds (65: dense; more: narrow band)")
+    p.add_argument("--field-smooth", default="0",
+                   help="comma-separated widths (world units) of the log-density smoothing before marching cubes "
+                        "(infer.field_smooth); the meshes are scored for each; the first gives mesh_iou")
+    p.add_argument("--mesh-surface", action="store_true",
+                   help="also score each mesh's surface against the shards' surface samples (Chamfer, F@0.02, F@0.05 "
+                        "in world units; needs shards with 3D points)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="> 0: refine each scene on its input view with the reference losses (lrm/refine, mode ref) "
                         "for this many steps before scoring (e.g. to choose the level for refined meshes)")
@@ -159,7 +210,9 @@ def main(argv=None) -> int:
             refine = RefineConfig(mode="ref", steps=a.refine_steps, save_every=0, level="checkpoint")
         res = evaluate_split(model, a.data, a.views, a.resolution, int(cfg.get("data", {}).get("image_size", 64)),
                              a.limit, mesh_thresholds=thresholds, refine=refine, split=a.split,
-                             input_depth=a.input_depth)
+                             input_depth=a.input_depth, mesh_resolution=a.mesh_resolution,
+                             field_smooth=[float(x) for x in a.field_smooth.split(",") if x.strip()] or [0.0],
+                             mesh_surface=a.mesh_surface)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -167,8 +220,11 @@ def main(argv=None) -> int:
           f"PSNR {res['psnr']:.2f} dB, mask IoU {res['mask_iou']:.3f}")
     if "input_depth_l1" in res:
         print(f"  input-view depth (pixel-plane channel 3): L1 {res['input_depth_l1']:.4f} cube radii")
-    for th, iou in res.get("mesh_iou", {}).items():
-        print(f"  mesh at density {th:g}: silhouette IoU {iou:.3f}")
+    for sig, levels in res.get("mesh", {}).items():
+        for th, r in levels.items():
+            extra = "".join(f", {k} {r[k]:.4f}" for k in ("chamfer", "fscore@0.02", "fscore@0.05") if k in r)
+            smooth = f" (field smoothed, sigma {sig:g})" if sig else ""
+            print(f"  mesh at density {th:g}{smooth}: silhouette IoU {r['silhouette_iou']:.3f}{extra}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
