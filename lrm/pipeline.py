@@ -61,7 +61,7 @@ INFER_KEYS = tuple(f.name for f in fields(InferConfig))
 
 #: Ranges (inclusive) of the numeric options; checked before any work (a 1025^3 grid is already 4 GB).
 INFER_LIMITS = dict(input_size=(32, 2048, True), foreground_ratio=(0.05, 1.0, False), mc_resolution=(8, 513, True),
-                    mc_threshold=(-1e6, 1e6, False), refined_mc_threshold=(-1e6, 1e6, False), mesh_smooth=(0, 1000, True), field_smooth=(0.0, 0.5, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
+                    mc_threshold=(-1e6, 1e6, False), refined_mc_threshold=(-1e6, 1e6, False), mesh_smooth=(0, 1000, True), field_smooth=(0.0, 0.2, False), coarse_factor=(1, 32, True), texture_size=(16, 8192, True),
                     video_frames=(1, 1000, True), video_resolution=(16, 2048, True),
                     video_elevation=(-90.0, 90.0, False), chunk=(1, 1 << 22, True))
 
@@ -125,7 +125,7 @@ USER_OPTIONS = (
            "--mesh-smooth", minimum=0, maximum=100, step=1),
     Option("field_smooth", "float", "field smoothing",
            "width (world units) of the density field's smoothing before marching cubes (0: off); removes small lumps",
-           "--field-smooth", minimum=0.0, maximum=0.05, step=0.005),
+           "--field-smooth", minimum=0.0, maximum=0.2, step=0.005),
     Option("texture", "choice", "texture", "vertex colours, or a baked UV texture map", "--texture",
            choices=("vertex", "uv")),
     Option("texture_size", "choice", "texture size", "UV texture map side in pixels (uv texture only)",

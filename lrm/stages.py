@@ -72,6 +72,7 @@ def extract_mesh(model, triplane, *, resolution: int, threshold: float, radius: 
     if field_smooth and field_smooth > 0:
         t = time.perf_counter()
         grid = smooth_log_density(grid, smoothing_cells(field_smooth, resolution, radius))
+        stats["smoothed_density_max"] = float(grid.max())
         timings["field_smooth"] = time.perf_counter() - t
     t = time.perf_counter()
     verts, faces = marching_cubes(grid, threshold, radius)

@@ -117,3 +117,45 @@ def test_validation_scores_the_mesh_surface_against_true_samples():
         assert near[sigma][10.0]["fscore@0.02"] > 0.97 and near[sigma][10.0]["chamfer"] < 0.01
     assert far[0.0][10.0]["fscore@0.05"] == 0.0
     assert far[0.0][10.0]["chamfer"] == pytest.approx(0.1, abs=0.005)
+
+
+def test_validation_meshes_every_level_from_exact_values():
+    """Levels far above the lowest one are cut from the exact (dense) grid, not from a band around the lowest."""
+    from lrm import cameras as C
+    import trimesh
+
+    from lrm.evaluate.metrics import chamfer_fscore, sample_surface
+    from lrm.mesh import density_grid
+    from lrm.training.validation import mesh_scores
+
+    model = NoisyBall()
+    model.cfg = SimpleNamespace(render=SimpleNamespace(radius=R))
+    c2w = C.orbit_cameras(1, 20.0, 3.0)
+    intr = C.intrinsics_from_fov(40.0).expand(1, 4)
+    dense, _ = density_grid(lambda p: model.query(None, p[None])["density"][0], N, R, 2.0, coarse_factor=1)
+    for level in (2.0, 40.0):
+        exact = trimesh.Trimesh(*marching_cubes(dense, level, R))
+        surface = sample_surface(exact, 20000, seed=1)
+        expected = chamfer_fscore(sample_surface(exact), surface, (0.02, 0.05))  # the same mesh, the same samples
+        rows = mesh_scores(model, None, c2w, intr, torch.ones(1, 8, 8), [2.0, level], N, surface=surface)
+        assert rows[0.0][level]["chamfer"] == pytest.approx(expected["chamfer"], rel=1e-9)
+        assert rows[0.0][level]["fscore@0.02"] == pytest.approx(expected["fscore@0.02"], rel=1e-9)
+
+
+def test_mean_scores_leave_empty_meshes_out_of_chamfer_and_count_them():
+    from lrm.training.validation import _mean_scores
+
+    cells = [{"silhouette_iou": 0.0, "empty": 1.0, "fscore@0.02": 0.0},
+             {"silhouette_iou": 0.8, "empty": 0.0, "fscore@0.02": 0.6, "chamfer": 0.04},
+             {"silhouette_iou": 0.6, "empty": 0.0, "fscore@0.02": 0.4, "chamfer": 0.02}]
+    out = _mean_scores(cells)
+    assert out["chamfer"] == pytest.approx(0.03) and out["fscore@0.02"] == pytest.approx(1.0 / 3)
+    assert out["silhouette_iou"] == pytest.approx(0.7 * 2 / 3) and out["empty"] == 1
+
+
+def test_validation_cli_refuses_surface_scores_without_levels(capsys):
+    from lrm.training.validation import main
+
+    assert main(["checkpoints/default", "--mesh-surface"]) == 2
+    assert "--mesh-thresholds" in capsys.readouterr().err
+    assert main(["checkpoints/default", "--mesh-thresholds", "10", "--field-smooth", "-0.1"]) == 2

@@ -339,3 +339,18 @@ def test_one_batch_contract_for_both_sources():
     assert fixed_background("random") is None and torch.equal(fixed_background("grey"), torch.full((3,), 0.5))
     with pytest.raises(ValueError, match="unknown background"):
         fixed_background("purple")
+
+
+@needs_gl
+def test_all_surface_samples_without_a_draw_keep_the_views(pointset):
+    """surface_points = -1 (the validation pass's mesh-surface scores): every stored sample, and the views drawn for
+    the following objects are the same as without asking for points."""
+    from lrm.data import make_loader
+
+    kw = dict(num_views_target=2, image_size=32, batch_size=1, seed=3, shuffle=False, repeat=False)
+    plain = list(make_loader(pointset, **kw))
+    full = list(make_loader(pointset, extras={"surface_points": -1}, **kw))
+    assert [b["uid"] for b in plain] == [b["uid"] for b in full] and len(full) > 1
+    for a, b in zip(plain, full):
+        assert torch.equal(a["target_rgb"], b["target_rgb"]) and torch.equal(a["target_c2w"], b["target_c2w"])
+        assert b["surface_points"].shape[1] == 4096  # lrm.data.points stores 4,096 per object

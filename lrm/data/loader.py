@@ -3,7 +3,7 @@
 ``make_loader`` yields the training batch of :mod:`lrm.data.batch` (keys and shapes there and in
 docs/conventions.md); ``extras`` asks for the optional 3D and depth supervision keys: ``points = N`` occupancy
 points and labels, ``surface_points = M`` surface samples and colours (lrm/data/points.py, rotated into the
-canonical frame), ``depth = True`` the supervision views' ray-distance depth, ``input_depth = True`` input view 0's.
+canonical frame; M = -1: every stored sample in stored order, without a random draw), ``depth = True`` the supervision views' ray-distance depth, ``input_depth = True`` input view 0's.
 
 ``extras.color_jitter`` = p: with probability p per object, one random colour transform (hue rotation about
 the grey axis, saturation and gain) is applied to every view of that object and to its surface colours.
@@ -174,10 +174,10 @@ def _sample_points(sample: dict, M: torch.Tensor, n: int, m: int, rng: np.random
         idx = rng.choice(len(pts), n, replace=len(pts) < n)
         out["points"] = torch.from_numpy(pts[idx].astype(np.float32)) @ R.T + t
         out["occupancy"] = torch.from_numpy(occ[idx].astype(np.float32))
-    if m > 0:
+    if m != 0:
         sp, rgb = _npy(sample["surface.npy"]), _npy(sample["surface_rgb.npy"]).astype(np.float32) / 255.0
-        # all of them: in stored order, without a draw, so asking for them leaves the views drawn after unchanged
-        idx = np.arange(m) if m == len(sp) else rng.choice(len(sp), m, replace=len(sp) < m)
+        # m < 0: all of them, in stored order and without a draw, so the views drawn after stay the same
+        idx = np.arange(len(sp)) if m < 0 else rng.choice(len(sp), m, replace=len(sp) < m)
         rgb = rgb[idx]
         if color is not None:
             rgb = np.clip(rgb @ color.T, 0, 1)
@@ -258,7 +258,7 @@ class _Decoder:
         c2w_c, M = canonicalize(c2w, distance=self.distance)
         extra = {}
         n_pts, n_surf = int(self.extras.get("points", 0)), int(self.extras.get("surface_points", 0))
-        if n_pts > 0 or n_surf > 0:
+        if n_pts > 0 or n_surf != 0:  # surface_points -1: every stored sample
             extra.update(_sample_points(sample, M, n_pts, n_surf, self.rng, color))
         if self.extras.get("depth"):
             extra["target_depth"] = _depth_maps(sample, targets, head, self.size, rgba[v:, ..., 3]).contiguous()

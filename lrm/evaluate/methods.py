@@ -353,7 +353,8 @@ class ModelAdapter:
                             field_smooth=self.field_smooth, stats=stats)
         stats = {k: stats[k] for k in ("density_max", "density_mean")}
         if not len(mesh.faces):
-            return None, {**stats, "note": f"density never crosses threshold {level:g}: empty mesh"}
+            smoothed = f" (after field smoothing {self.field_smooth:g})" if self.field_smooth else ""
+            return None, {**stats, "note": f"density{smoothed} never crosses threshold {level:g}: empty mesh"}
         return mesh, stats
 
     def renderer(self, triplane, background=(1.0, 1.0, 1.0), render_resolution=None):

@@ -52,20 +52,22 @@ def mesh_scores(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[fl
     from ..image_metrics import mask_iou
 
     radius = float(model.cfg.render.radius)
+    # dense: a narrow band follows one level, and the others would be cut from interpolated values
     grid, _ = density_grid(lambda p: model.query(triplane, p[None])["density"][0], mc_resolution, radius,
-                           threshold=float(min(thresholds)), coarse_factor=1 if mc_resolution <= 65 else 4)
+                           threshold=float(min(thresholds)), coarse_factor=1)
     res = masks.shape[-1]
     out: Dict = {}
     for sigma in field_smooth:
         g = smooth_log_density(grid, smoothing_cells(sigma, mc_resolution, radius))
         for th in thresholds:
-            row = out.setdefault(float(sigma), {})[float(th)] = {"silhouette_iou": 0.0}
+            row = out.setdefault(float(sigma), {})[float(th)] = {"silhouette_iou": 0.0, "empty": 1.0}
+            if surface is not None:  # an empty mesh: F-scores 0, Chamfer undefined (as the evaluation harness)
+                row.update({"fscore@0.02": 0.0, "fscore@0.05": 0.0})
             verts, faces = marching_cubes(g, th, radius)
-            if len(faces) == 0:
-                if surface is not None:
-                    row.update({"fscore@0.02": 0.0, "fscore@0.05": 0.0})
+            mesh = build_trimesh(verts, faces) if len(faces) else None
+            if mesh is None or mesh.area <= 0:
                 continue
-            mesh = build_trimesh(verts, faces)
+            row["empty"] = 0.0
             sil = np.stack([render_mesh(mesh, c2w[i], intrinsics[i], res)[0][..., 3] for i in range(len(c2w))])
             row["silhouette_iou"] = mask_iou(sil, masks)
             if surface is not None:
@@ -126,11 +128,19 @@ def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image
     if mesh_thresholds:
         result["mesh_iou"] = {float(t): sum(r["mesh_iou"][float(t)] for r in rows) / len(rows) for t in mesh_thresholds}
         result["mesh_resolution"] = int(mesh_resolution)
-        result["mesh"] = {sig: {t: {k: float(np.mean([r["mesh"][sig][t][k] for r in rows if k in r["mesh"][sig][t]]))
-                                    for k in rows[0]["mesh"][sig][t]}
-                                for t in rows[0]["mesh"][sig]} for sig in rows[0]["mesh"]}
+        result["mesh"] = {sig: {t: _mean_scores([r["mesh"][sig][t] for r in rows]) for t in levels}
+                          for sig, levels in rows[0]["mesh"].items()}
     result["per_object"] = rows
     return result
+
+
+def _mean_scores(cells: List[Dict]) -> Dict:
+    """Means over objects of each score; a score absent for some objects (Chamfer of an empty mesh) is the mean of
+    those that have it; ``empty`` becomes the number of objects whose mesh was empty."""
+    keys = sorted({k for c in cells for k in c})
+    out = {k: float(np.mean([c[k] for c in cells if k in c])) for k in keys if k != "empty"}
+    out["empty"] = int(sum(c.get("empty", 0) for c in cells))
+    return out
 
 
 def _extras(input_depth: bool, surface: bool) -> Optional[Dict]:
@@ -138,7 +148,7 @@ def _extras(input_depth: bool, surface: bool) -> Optional[Dict]:
     if input_depth:
         extras["input_depth"] = True
     if surface:
-        extras["surface_points"] = 4096  # all a shard stores per object (lrm/data/points.py)
+        extras["surface_points"] = -1  # every sample the shard stores, without a draw (the views stay the same)
     return extras or None
 
 
@@ -208,10 +218,15 @@ def main(argv=None) -> int:
             from lrm.refine import RefineConfig
 
             refine = RefineConfig(mode="ref", steps=a.refine_steps, save_every=0, level="checkpoint")
+        smooths = [float(x) for x in a.field_smooth.split(",") if x.strip()] or [0.0]
+        if any(x < 0 for x in smooths):
+            raise ValueError(f"--field-smooth widths must be >= 0, got {a.field_smooth}")
+        if a.mesh_surface and not thresholds:
+            raise ValueError("--mesh-surface scores meshes: give their levels with --mesh-thresholds")
         res = evaluate_split(model, a.data, a.views, a.resolution, int(cfg.get("data", {}).get("image_size", 64)),
                              a.limit, mesh_thresholds=thresholds, refine=refine, split=a.split,
                              input_depth=a.input_depth, mesh_resolution=a.mesh_resolution,
-                             field_smooth=[float(x) for x in a.field_smooth.split(",") if x.strip()] or [0.0],
+                             field_smooth=smooths,
                              mesh_surface=a.mesh_surface)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -223,6 +238,7 @@ def main(argv=None) -> int:
     for sig, levels in res.get("mesh", {}).items():
         for th, r in levels.items():
             extra = "".join(f", {k} {r[k]:.4f}" for k in ("chamfer", "fscore@0.02", "fscore@0.05") if k in r)
+            extra += f", {r['empty']} empty" if r.get("empty") else ""
             smooth = f" (field smoothed, sigma {sig:g})" if sig else ""
             print(f"  mesh at density {th:g}{smooth}: silhouette IoU {r['silhouette_iou']:.3f}{extra}")
     if a.json:
