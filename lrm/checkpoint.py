@@ -44,12 +44,13 @@ NOOP_MODULES = {
 WIDENED_KERNELS = ("upsampler.deconv.weight",)
 
 
-def widen_kernels(state: dict, own: dict) -> List[str]:
+def widen_kernels(state: dict, own: dict, skip=()) -> List[str]:
     """In place: the :data:`WIDENED_KERNELS` of ``state`` whose last two sizes divide the model's are repeated to
-    its size (nearest upsampling of the transposed conv's output). Returns the keys widened."""
+    its size (nearest upsampling of the transposed conv's output; kernel = stride only: ``skip`` names the keys of
+    an overlapping upsampler, which this would not reproduce). Returns the keys widened."""
     done = []
     for k in WIDENED_KERNELS:
-        if k not in state or k not in own or state[k].shape == own[k].shape:
+        if k not in state or k not in own or k in skip or state[k].shape == own[k].shape:
             continue
         a, b = tuple(state[k].shape), tuple(own[k].shape)
         if a[:2] != b[:2] or b[2] % a[2] or b[3] % a[3] or b[2] // a[2] != b[3] // a[3]:
@@ -58,6 +59,26 @@ def widen_kernels(state: dict, own: dict) -> List[str]:
         state[k] = state[k].repeat_interleave(m, 2).repeat_interleave(m, 3)
         done.append(k)
     return done
+
+def pad_kernels(state: dict, model: torch.nn.Module) -> List[str]:
+    """In place: a transposed-conv kernel of :data:`WIDENED_KERNELS` that the model runs with padding o and a kernel
+    2o larger than ``state``'s (``model.upsampler.overlap``) is zero-padded by o on each side: the output is then the
+    checkpoint's exactly (lrm/models/upsampler.py). Returns the keys padded."""
+    done = []
+    own = model.state_dict()
+    for k in WIDENED_KERNELS:
+        conv = model.get_submodule(k.rsplit(".", 1)[0]) if k in own else None
+        pad = getattr(conv, "padding", (0, 0))
+        if k not in state or conv is None or not pad[0] or pad[0] != pad[1]:
+            continue
+        a, b = tuple(state[k].shape), tuple(conv.weight.shape)
+        o = pad[0]
+        if a[:2] != b[:2] or (a[2] + 2 * o, a[3] + 2 * o) != b[2:] or tuple(conv.stride) != a[2:]:
+            continue
+        state[k] = torch.nn.functional.pad(state[k], (o, o, o, o))
+        done.append(k)
+    return done
+
 
 #: Residual output projections of a transformer block: zeroed, they make a block the identity.
 BLOCK_OUTPUTS = ("attn_self.to_out.", "attn_cross.to_out.", "mlp.fc2.")
@@ -251,7 +272,12 @@ def load_init_weights(model: torch.nn.Module, state: dict, source="the checkpoin
             raise CheckpointError(f"train.init_keep {prefix!r} matches no weight of this model")
     state = {k: v for k, v in state.items() if not k.startswith(keep)} if keep else dict(state)
     own_all, own = own, {k: v for k, v in own.items() if not k.startswith(keep)} if keep else own
-    for k in widen_kernels(state, own):
+    for k in pad_kernels(state, model):
+        log.info("init from %s: %s zero-padded to %s (overlapping upsampler; the planes start as the checkpoint's)",
+                 source, k, tuple(own[k].shape))
+    overlapping = [k for k in WIDENED_KERNELS if k in own
+                   and any(getattr(model.get_submodule(k.rsplit(".", 1)[0]), "padding", (0,)))]
+    for k in widen_kernels(state, own, skip=overlapping):
         log.info("init from %s: %s widened to %s (the planes start as the checkpoint's, nearest-upsampled)",
                  source, k, tuple(own[k].shape))
     added = deepen_blocks(state, own)

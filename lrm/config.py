@@ -84,7 +84,10 @@ class TransformerConfig:
 @dataclass
 class UpsamplerConfig:
     channels: int = 32  # triplane feature channels C
-    kernel: int = 2  # transposed-conv kernel = stride (resolution multiplier)
+    kernel: int = 2  # transposed-conv stride (resolution multiplier); the kernel is kernel + 2 * overlap
+    # texels each token's kernel reaches into its neighbours' patches, per side (0: the patches are independent, and
+    # the planes can jump at every patch border; >0: neighbouring tokens overlap there and can make it continuous)
+    overlap: int = 0
 
 
 @dataclass
@@ -239,7 +242,7 @@ MODEL_LIMITS = {
     "transformer.depth": (0, 256), "transformer.plane_tokens": (1, 512), "transformer.mlp_ratio": (0, 64),
     "transformer.io_groups": (1, 4096), "transformer.camera_embed_dim": (1, 16384),
     "transformer.lift_samples": (1, 4096),
-    "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64),
+    "upsampler.channels": (1, 4096), "upsampler.kernel": (1, 64), "upsampler.overlap": (0, 64),
     "decoder.hidden": (1, 16384), "decoder.hidden_layers": (0, 256),
     "render.n_samples": (1, 8192), "render.n_importance": (0, 8192), "render.inference_importance": (0, 8192),
     "render.inference_samples": (1, 8192), "render.occupancy_coarse_factor": (1, 64),

@@ -57,7 +57,8 @@ class LRM(nn.Module):
                      if t.lift_image else None)
         self.view_embed = ViewEmbedder(t.camera_embed_dim, self.encoder.out_dim) if t.multiview else None
         self.transformer = TriplaneTransformer(t, context_dim=self.encoder.out_dim)
-        self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel)
+        self.upsampler = TriplaneUpsampler(t.token_dim, cfg.upsampler.channels, cfg.upsampler.kernel,
+                                            cfg.upsampler.get("overlap", 0))
         pp = cfg.pixel_plane
         self.pixel_plane = (PixelPlane(self.encoder.out_dim, cfg.upsampler.channels, pp.hidden,
                                        int(cfg.encoder.cls_token) + cfg.encoder.num_register_tokens, pp.distance,
