@@ -624,3 +624,28 @@ def test_to_vertex_colored_keeps_vertex_and_face_colours():
     assert (out.visual.vertex_colors[n:] == [10, 220, 30, 255]).all()
     plain = trimesh.Trimesh(box.vertices, box.faces, process=False)
     assert (to_vertex_colored([plain]).visual.vertex_colors[:, :3] >= 100).all()  # untextured: a neutral grey
+
+
+def test_shuffle_buffer_is_a_seeded_bounded_permutation():
+    """The training stream's shuffle: every sample once, the same order for the same (seed, rank), another order for
+    another seed, and never more than ``size`` samples held."""
+    from lrm.data.loader import _ShuffleBuffer
+
+    held = []
+
+    def stream(n):
+        for i in range(n):
+            held.append(i)
+            yield i
+
+    def run(seed, rank=0, n=200, size=16):
+        held.clear()
+        out = []
+        for x in _ShuffleBuffer(size, size // 4, seed, rank)(stream(n)):
+            out.append(x)
+            assert len(held) - len(out) <= size  # consumed but not yet given out
+        return out
+
+    a = run(5)
+    assert sorted(a) == list(range(200)) and a != list(range(200))
+    assert run(5) == a and run(6) != a and run(5, rank=1) != a

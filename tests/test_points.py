@@ -354,3 +354,16 @@ def test_all_surface_samples_without_a_draw_keep_the_views(pointset):
     for a, b in zip(plain, full):
         assert torch.equal(a["target_rgb"], b["target_rgb"]) and torch.equal(a["target_c2w"], b["target_c2w"])
         assert b["surface_points"].shape[1] == 4096  # lrm.data.points stores 4,096 per object
+
+
+@needs_gl
+def test_logged_validation_batch_from_shards_does_not_depend_on_the_run_seed(pointset):
+    """The shard loader draws views from the loader seed and torch's: both are fixed for the logged val batch."""
+    from lrm.training.lrm_task import fixed_val_batch
+    from lrm.training.trainer import build_config
+
+    over = _train_overrides(pointset) + ["data.num_views_target=3", "train.val_batch_size=2"]
+    a = fixed_val_batch(build_config("tiny", over + ["seed=0"], max_steps=1))
+    b = fixed_val_batch(build_config("tiny", over + ["seed=7"], max_steps=1))
+    assert a["uid"] == b["uid"] and torch.equal(a["target_rgb"], b["target_rgb"])
+    assert torch.equal(a["target_c2w"], b["target_c2w"])

@@ -480,3 +480,24 @@ def test_checkpoint_files_are_flushed_before_the_marker(tmp_path, monkeypatch):
     train(_cfg("train.ckpt_every=0", steps=1), output_dir=str(tmp_path / "r"))
     assert [e[0] for e in events] == ["fsync", "marker"]
     assert {"model.safetensors", "optimizer.bin", ckpt.STATE_NAME} <= set(events[0][1])
+
+
+def _tensors_equal(a, b):
+    keys = [k for k, v in a.items() if torch.is_tensor(v)]
+    return keys == [k for k, v in b.items() if torch.is_tensor(v)] and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_logged_validation_batch_does_not_depend_on_the_run_seed():
+    """Runs of different seeds train on different batches but log val numbers on the same views (VAL_SEED), and
+    drawing that batch leaves the run's torch RNG where it was."""
+    from lrm.training.data import make_source
+    from lrm.training.lrm_task import fixed_val_batch
+
+    cfg0 = build_config("tiny", MICRO + ["seed=0"], max_steps=1)
+    cfg7 = build_config("tiny", MICRO + ["seed=7"], max_steps=1)
+    assert not _tensors_equal(make_source(cfg0, "train").get(0), make_source(cfg7, "train").get(0))
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    v0 = fixed_val_batch(cfg0)
+    assert torch.equal(torch.get_rng_state(), state) and cfg0.seed == 0
+    assert _tensors_equal(v0, fixed_val_batch(cfg7))

@@ -291,6 +291,35 @@ class _InputViews:
             yield trim_input_views(batch, v)
 
 
+class _ShuffleBuffer:
+    """Pipeline stage: shuffle the sample stream through a buffer of ``size`` (yielding once ``initial`` are held),
+    with a generator seeded from (seed, rank, worker), so the same seed gives the same order on every run."""
+
+    def __init__(self, size: int, initial: int, seed: int, rank: int):
+        self.size, self.initial, self.seed, self.rank = int(size), max(1, min(int(initial), int(size))), seed, rank
+
+    def __call__(self, samples):
+        wid, _ = _worker()
+        rng = random.Random((int(self.seed) * 1000003 + self.rank) * 1009 + wid)
+        buf, it, end = [], iter(samples), object()
+
+        def pop():
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            return buf.pop()
+
+        for s in it:
+            buf.append(s)
+            if len(buf) < self.size:  # grow towards size: take one more for each one given out
+                s = next(it, end)
+                if s is not end:
+                    buf.append(s)
+            if len(buf) >= self.initial:
+                yield pop()
+        while buf:
+            yield pop()
+
+
 def _worker_init(_):
     import signal
 
@@ -337,7 +366,7 @@ int, or ``[lo, hi]`` for a V per batch drawn from the batch's position (lrm/data
     reader = _Reader(urls, rank, world_size, shuffle, seed, repeat)
     stages = [reader]
     if shuffle and shuffle_buffer > 1:
-        stages.append(wds.shuffle(shuffle_buffer, initial=max(1, shuffle_buffer // 4), seed=None))
+        stages.append(_ShuffleBuffer(shuffle_buffer, shuffle_buffer // 4, seed, rank))
     dec = _Decoder(num_views_target, image_size, background, input_in_targets, view_kinds, canonical_distance, seed,
                    input_background, extras, num_input_views)
     stages.append(wds.map(dec, handler=warn_and_skip))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, open_dict
 from .. import cameras as cam
 from ..checkpoint import save_state_dict
 from ..data.batch import check_batch
-from .data import make_source, resolve_source
+from .data import VAL_SEED, make_source, resolve_source
 from ..image_metrics import mask_iou, psnr
 from .losses import compute_losses, input_depth_offsets, load_lpips
 from .runner import to_device
@@ -181,15 +181,21 @@ def validate(model, batch: Dict, resolution: int, n_views: int, triplane=None) -
 
 
 def fixed_val_batch(cfg) -> Dict:
-    """The validation batch logged throughout a run: the first batch of the val split (white background)."""
+    """The validation batch logged throughout a run: the first batch of the val split (white background), its views
+    drawn with ``VAL_SEED`` whatever the run's seed, so that runs of different seeds log comparable numbers."""
     n = int(cfg.train.val_batch_size)
     if resolve_source(cfg) == "synthetic":
         n = min(n, max(1, int(cfg.data.synthetic.num_val_objects)))
-    try:
-        return make_source(cfg, "val", 0, 1, batch_size=n).get(0)
-    except FileNotFoundError as e:  # no val shards (tiny data sets): use training objects, say so
-        log.warning("no validation split (%s); validating on the first training batch", e)
-        return make_source(cfg, "train", 0, 1, batch_size=n).get(0)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.seed = VAL_SEED
+    with torch.random.fork_rng():
+        torch.manual_seed(VAL_SEED)  # the shard loader's view choice also depends on torch.initial_seed()
+        try:
+            return make_source(cfg, "val", 0, 1, batch_size=n).get(0)
+        except FileNotFoundError as e:  # no val shards (tiny data sets): use training objects, say so
+            log.warning("no validation split (%s); validating on the first training batch", e)
+            return make_source(cfg, "train", 0, 1, batch_size=n).get(0)
 
 
 def image_grid(batch: Dict, val: Dict) -> torch.Tensor:

@@ -28,6 +28,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .data import VAL_SEED
+
+
 def mesh_silhouette_ious(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[float],
                          mc_resolution: int = 65) -> List[float]:
     """For each density threshold: marching-cubes mesh of the triplane, rasterised at the views' cameras
@@ -78,7 +81,7 @@ def mesh_scores(model, triplane, c2w, intrinsics, masks, thresholds: Sequence[fl
 
 @torch.no_grad()
 def evaluate_split(model, data: str, views: int = 4, resolution: int = 64, image_size: int = 64,
-                   limit: Optional[int] = None, seed: int = 1234, progress: bool = True,
+                   limit: Optional[int] = None, seed: int = VAL_SEED, progress: bool = True,
                    mesh_thresholds: Sequence[float] = (), refine=None, split: str = "val",
                    input_depth: bool = False, mesh_resolution: int = 65, field_smooth: Sequence[float] = (0.0,),
                    mesh_surface: bool = False) -> Dict:
