@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 VAL_SEED = 1234  # the seed of the views every validation pass draws (trainer's fixed batch, lrm.training.validation)
 
+
 def loader_extras(cfg) -> Dict:
     """What the shard loader must add to a batch for the configured losses (and the colour jitter)."""
     lc, pc = cfg.train.loss, cfg.train.points
